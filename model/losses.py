@@ -1,0 +1,56 @@
+"""Symmetric InfoNCE over the global batch (SPEC 3.2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the summed gradient of its own rows.
+
+    Every rank computes the same global loss, so summing the ranks' gradients gives world_size times the
+    true gradient, and DDP's averaging over ranks brings the parameter gradients back to exactly the
+    single-process ones. Ranks may hold batches of different sizes (the last batch of an epoch).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        world = dist.get_world_size()
+        sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+        sizes = [int(s) for s in sizes]
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        rank = dist.get_rank()
+        ctx.rows = (sum(sizes[:rank]), sizes[rank])
+        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start, n = ctx.rows
+        return grad[start : start + n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    return _GatherWithGrad.apply(x)
+
+
+def contrastive_loss(
+    text: torch.Tensor, video: torch.Tensor, logit_scale: torch.Tensor, *, gather: bool = False
+) -> torch.Tensor:
+    """Mean of text->video and video->text cross-entropy over exp(logit_scale) * cosine similarities.
+
+    Row i of `text` and `video` are a positive pair; every other row of the (global) batch is a negative,
+    so a batch must hold each video once. Inputs are L2-normalised embeddings.
+    """
+    if gather:
+        text, video = gather_with_grad(text), gather_with_grad(video)
+    logits = logit_scale.exp() * text @ video.T
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels)) / 2

@@ -1,0 +1,89 @@
+"""InfoNCE over the global batch: two gloo processes must match one process on the concatenated batch."""
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from model import contrastive_loss
+
+DIM_IN, DIM = 8, 4
+SIZES = (3, 2)  # ranks may hold different batch sizes (the last batch of an epoch)
+
+
+class Towers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.text = nn.Linear(DIM_IN, DIM)
+        self.video = nn.Linear(DIM_IN, DIM)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, t, v, gather=False):
+        return contrastive_loss(
+            F.normalize(self.text(t), dim=-1),
+            F.normalize(self.video(v), dim=-1),
+            self.logit_scale,
+            gather=gather,
+        )
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(sum(SIZES), DIM_IN, generator=g), torch.randn(sum(SIZES), DIM_IN, generator=g)
+
+
+def test_matches_the_formula():
+    t, v = F.normalize(torch.randn(5, DIM), dim=-1), F.normalize(torch.randn(5, DIM), dim=-1)
+    scale = torch.tensor(1.5)
+    logits = scale.exp() * t @ v.T
+    by_hand = 0.0
+    for i in range(5):
+        by_hand += -torch.log_softmax(logits[i], 0)[i] - torch.log_softmax(logits[:, i], 0)[i]
+    torch.testing.assert_close(contrastive_loss(t, v, scale), by_hand / 10)
+
+
+def _worker(rank, port, queue):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    model = DistributedDataParallel(Towers())
+    t, v = batch()
+    start = sum(SIZES[:rank])
+    rows = slice(start, start + SIZES[rank])
+    loss = model(t[rows], v[rows], gather=True)
+    loss.backward()
+    # Plain lists: a shared-memory tensor would vanish with this process before the parent reads it.
+    queue.put((rank, loss.item(), {n: p.grad.tolist() for n, p in model.module.named_parameters()}))
+    dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_two_processes_equal_one_process_on_the_whole_batch():
+    single = Towers()
+    loss = single(*batch())
+    loss.backward()
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for _, dist_loss, grads in results:
+        assert dist_loss == pytest.approx(loss.item(), rel=1e-6)
+        for name, param in single.named_parameters():
+            torch.testing.assert_close(torch.tensor(grads[name]), param.grad, atol=1e-6, rtol=1e-5, msg=name)
