@@ -73,8 +73,10 @@ class CaptionHead(nn.Module):
         length = inputs.shape[1]
         causal = nn.Transformer.generate_square_subsequent_mask(length, device=x.device, dtype=x.dtype)
         h = self.decoder(self.prenorm(x), self.memory_proj(frame_feats), tgt_mask=causal, tgt_is_causal=True)
-        logits = self.to_vocab(h)
         # An input at or after the first EOT is padding; the prediction *of* the first EOT is kept.
         first_eot = (tokens == self.eot_id).int().argmax(dim=1)
         keep = torch.arange(length, device=tokens.device)[None, :] < first_eot[:, None]
-        return F.cross_entropy(logits[keep].float(), targets[keep], weight=self.class_weights)
+        # Project only the kept positions: the vocabulary layer is the head's main cost, and most of the 76
+        # positions of a short caption are padding.
+        logits = self.to_vocab(h[keep])
+        return F.cross_entropy(logits.float(), targets[keep], weight=self.class_weights)

@@ -39,8 +39,24 @@ def load_clip_weights(clip: open_clip.model.CLIP, path: str | os.PathLike) -> No
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"pretrained weights {str(path)!r} do not exist; {EXPECTED}")
-    state_dict = _read_hf_folder(path, clip) if path.is_dir() else _read_file(path)
+    if path.is_dir():
+        state_dict = _read_hf_folder(path, clip)
+    else:
+        state_dict = _read_file(path)
+        if _OPENAI_EXTRAS & state_dict.keys():
+            _check_openai_activation(clip, path)
+            state_dict = {k: v for k, v in state_dict.items() if k not in _OPENAI_EXTRAS}
     _load_strict(clip, state_dict, path)
+
+
+def _check_openai_activation(clip: open_clip.model.CLIP, path: Path) -> None:
+    # OpenAI trained with QuickGELU; the shapes match a GELU model exactly, so only this check catches it.
+    act = clip.visual.transformer.resblocks[0].mlp.gelu
+    if not isinstance(act, QuickGELU):
+        raise WeightsError(
+            f"{str(path)!r} holds OpenAI CLIP weights, which need QuickGELU: use the -quickgelu model name "
+            f"(e.g. ViT-B-32-quickgelu), not one built with {type(act).__name__}"
+        )
 
 
 # --- plain files ---
@@ -76,7 +92,7 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{str(path)!r} holds no state dict of tensors; {EXPECTED}")
     # DataParallel / DistributedDataParallel checkpoints prefix every name with "module.".
-    return {k.removeprefix("module."): v for k, v in obj.items() if k not in _OPENAI_EXTRAS}
+    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 # --- Hugging Face CLIPModel folders ---

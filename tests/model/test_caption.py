@@ -36,17 +36,20 @@ def test_padding_ignored_and_first_end_token_kept(model):
     feats = torch.randn(2, 6, 128)
     loss, logits = caption_logits(head, feats, tokens, clip)
 
-    # By hand: input position i predicts token i+1, for i up to the position just before the first EOT.
+    # By hand: input position i predicts token i+1, for i up to the position just before the first EOT;
+    # the head projects exactly those positions, in order.
     eot = tokens.max().item()
-    total, weight_sum = 0.0, 0.0
+    targets = []
     for b in range(2):
         first_eot = (tokens[b] == eot).nonzero()[0].item()
         assert tokens[b, first_eot] == eot and tokens[b, first_eot + 1] == 0
-        for i in range(first_eot):  # the last kept target is the EOT itself
-            target = tokens[b, i + 1]
-            w = head.class_weights[target]
-            total += w * F.cross_entropy(logits[b, i], target)
-            weight_sum += w
+        targets += tokens[b, 1 : first_eot + 1].tolist()  # the last kept target is the EOT itself
+    assert targets.count(eot) == 2 and len(logits) == len(targets)
+    total, weight_sum = 0.0, 0.0
+    for row, target in zip(logits, torch.tensor(targets), strict=True):
+        w = head.class_weights[target]
+        total += w * F.cross_entropy(row, target)
+        weight_sum += w
     torch.testing.assert_close(loss, total / weight_sum)
 
     # Whatever follows the first EOT changes nothing.

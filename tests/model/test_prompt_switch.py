@@ -175,3 +175,23 @@ def test_vit_b32_shapes_and_added_parameters():
     assert seen["x"].shape == (6, 1 + 49 + 6, 768)  # class + patches + prompts per frame
     added = sum(p.numel() for n, p in m.named_parameters() if not n.startswith("clip."))
     assert added == pytest.approx(2.4e6, rel=0.05)  # the paper's inference overhead
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    video, tokens = frames(b=2, f=6), tokenize(["a red ball", "a blue cube"])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        m = create_model("tiny", caption_weight=0.5, grad_checkpointing=checkpointing)
+        m(video, tokens)["loss"].backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_logit_scale_clamped_at_ln_100(model):
+    with torch.no_grad():
+        model.clip.logit_scale.fill_(7.0)
+    model.clamp_logit_scale()
+    assert model.clip.logit_scale.item() == pytest.approx(torch.log(torch.tensor(100.0)).item())

@@ -44,7 +44,7 @@ def test_open_clip_state_dict_round_trip(tmp_path, form):
 
 
 def test_openai_torchscript_archive(tmp_path):
-    src = tiny_clip(0)
+    src = tiny_clip(0, quick_gelu=True)
     # OpenAI's archives hold these three as tensors beside the weights; open_clip's are plain ints.
     del src.context_length, src.vocab_size
     for name, value in (("input_resolution", 64), ("context_length", 77), ("vocab_size", 49408)):
@@ -53,17 +53,19 @@ def test_openai_torchscript_archive(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but OpenAI shipped it
         torch.jit.save(torch.jit.script(src), path)
-    dst = tiny_clip(1)
+    dst = tiny_clip(1, quick_gelu=True)
     load_clip_weights(dst, path)
-    assert_same_weights(tiny_clip(0), dst)
+    assert_same_weights(tiny_clip(0, quick_gelu=True), dst)
+    with pytest.raises(WeightsError, match="need QuickGELU: use the -quickgelu model name"):
+        load_clip_weights(tiny_clip(1, quick_gelu=False), path)
 
 
 def test_openai_extra_keys_in_plain_torch_file(tmp_path):
-    src = tiny_clip(0)
+    src = tiny_clip(0, quick_gelu=True)
     extras = {"input_resolution": 64, "context_length": 77, "vocab_size": 49408}
     path = tmp_path / "openai.pt"
     torch.save({**src.state_dict(), **{k: torch.tensor(v) for k, v in extras.items()}}, path)
-    dst = tiny_clip(1)
+    dst = tiny_clip(1, quick_gelu=True)
     load_clip_weights(dst, path)
     assert_same_weights(src, dst)
 
