@@ -96,23 +96,25 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "clip", clip_config(self.name))
-        _check(self.frames_per_group >= 1, "model.frames_per_group", self.frames_per_group, "an integer >= 1")
-        _check(self.caption_weight >= 0, "model.caption_weight", self.caption_weight, "a number >= 0")
-        _check(self.caption_layers >= 1, "model.caption_layers", self.caption_layers, "an integer >= 1")
-        _check(
+        require(
+            self.frames_per_group >= 1, "model.frames_per_group", self.frames_per_group, "an integer >= 1"
+        )
+        require(self.caption_weight >= 0, "model.caption_weight", self.caption_weight, "a number >= 0")
+        require(self.caption_layers >= 1, "model.caption_layers", self.caption_layers, "an integer >= 1")
+        require(
             0 < self.frequent_word_weight <= 1,
             "model.frequent_word_weight",
             self.frequent_word_weight,
             "in (0, 1]",
         )
-        _check(
+        require(
             self.prompt_init_std is None or self.prompt_init_std > 0,
             "model.prompt_init_std",
             self.prompt_init_std,
             "a number > 0, or null for the official default",
         )
         text_width = self.clip["text_cfg"].get("width", 512)
-        _check(
+        require(
             self.caption_heads >= 1 and text_width % self.caption_heads == 0,
             "model.caption_heads",
             self.caption_heads,
@@ -132,6 +134,7 @@ class ModelConfig:
         return self.clip["text_cfg"].get("width", 512)
 
 
-def _check(ok: bool, key: str, value, allowed: str) -> None:
+def require(ok: bool, key: str, value, allowed: str) -> None:
+    """Raise ConfigError naming `key`, its bad value and what is allowed, unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid; allowed: {allowed}")

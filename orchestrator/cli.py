@@ -1,22 +1,152 @@
-"""The `promptswitch` command."""
+"""The `promptswitch` command: data preparation and checks, and the model demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return args.run(args)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptswitch", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser("demo", help="train the tiny model on synthetic videos in one process")
     demo.add_argument("--steps", type=int, default=300)
     demo.add_argument("--seed", type=int, default=24)
-    args = parser.parse_args(argv)
+    demo.set_defaults(run=_demo)
 
-    if args.command == "demo":
-        from orchestrator import quickstart
+    data = commands.add_parser("data", help="prepare, generate, cache and check video datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
 
-        quickstart.run(steps=args.steps, seed=args.seed)
+    from pipelines.readers import DATASETS
+
+    prepare = data_commands.add_parser("prepare", help="annotations + video folder -> manifest (Parquet)")
+    prepare.add_argument("--dataset", required=True, choices=DATASETS)
+    prepare.add_argument(
+        "--annotations",
+        required=True,
+        type=Path,
+        help="folder of annotation files (for --dataset manifest: the CSV/JSONL/Parquet file)",
+    )
+    prepare.add_argument("--videos", type=Path, help="folder holding the videos")
+    prepare.add_argument("--out", required=True, type=Path, help="manifest to write (.parquet)")
+    prepare.add_argument(
+        "--allow-missing", action="store_true", help="drop missing videos instead of failing"
+    )
+    prepare.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.05,
+        help="training videos held out for validation where the dataset has no val split",
+    )
+    prepare.add_argument("--seed", type=int, default=24)
+    prepare.set_defaults(run=_prepare)
+
+    synth = data_commands.add_parser(
+        "synth", help="write a synthetic captioned-video dataset (real mp4 files)"
+    )
+    synth.add_argument("--out", required=True, type=Path)
+    synth.add_argument("--videos", type=int, default=144)
+    synth.add_argument("--seed", type=int, default=24)
+    synth.set_defaults(run=_synth)
+
+    for name, helptext, run in (
+        ("cache", "decode every video once into the preprocessing cache", _cache),
+        ("check", "decode every video through the pipeline and report the bad ones", _check),
+    ):
+        sub = data_commands.add_parser(name, help=helptext)
+        sub.add_argument("manifest", type=Path)
+        sub.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+        sub.add_argument("--max-bad-fraction", type=float, default=0.01)
+        sub.add_argument("--frames-per-group", type=int, default=6)
+        sub.set_defaults(run=run)
+        if name == "cache":
+            sub.add_argument("--cache-dir", type=Path, default=Path("cache"))
+            sub.add_argument("--fps", type=float, default=4.0)
+            sub.add_argument("--short-side", type=int, default=224)
+            sub.add_argument("--format", choices=("jpeg", "raw"), default="jpeg")
+    return parser
+
+
+def _demo(args) -> int:
+    from orchestrator import quickstart
+
+    quickstart.run(steps=args.steps, seed=args.seed)
+    return 0
+
+
+def _prepare(args) -> int:
+    from pipelines.prepare import prepare_manifest
+
+    summary = prepare_manifest(
+        args.dataset,
+        args.annotations,
+        args.videos,
+        args.out,
+        allow_missing=args.allow_missing,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+    )
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _synth(args) -> int:
+    from pipelines.synth import write_synthetic_dataset
+
+    manifest = write_synthetic_dataset(args.out, args.videos, args.seed)
+    print(json.dumps({"manifest": str(manifest), "videos": args.videos}))
+    return 0
+
+
+def _data_config(args, **cache_options):
+    from pipelines.config import DataConfig
+
+    return DataConfig(manifest=str(args.manifest), max_bad_fraction=args.max_bad_fraction, **cache_options)
+
+
+def _cache(args) -> int:
+    from orchestrator.ray_runtime import connect
+    from pipelines.cache import build_cache
+    from pipelines.dataset import BadVideoReport
+    from pipelines.manifest import read_manifest
+
+    config = _data_config(  # validated before Ray starts
+        args, cache_dir=str(args.cache_dir), cache_fps=args.fps, cache_short_side=args.short_side,
+        cache_format=args.format,
+    )
+    videos = read_manifest(config.manifest)["video_path"].to_pylist()
+    connect(args.address, dashboard=False)
+    info = build_cache(videos, config)
+    report = BadVideoReport(info.videos, info.bad)
+    print(json.dumps({"cache": str(info.path), "reused": info.hit} | report.as_dict(), indent=1))
+    return 0 if report.fraction <= config.max_bad_fraction else 1
+
+
+def _check(args) -> int:
+    from orchestrator.ray_runtime import connect
+    from pipelines.dataset import scan_videos
+    from pipelines.manifest import read_manifest
+
+    config = _data_config(args)
+    videos = sorted(set(read_manifest(config.manifest)["video_path"].to_pylist()))
+    connect(args.address, dashboard=False)
+    report = scan_videos(videos, config, args.frames_per_group)
+    print(json.dumps(report.as_dict(), indent=1))
+    if report.fraction > config.max_bad_fraction:
+        print(
+            f"{len(report.bad)} of {report.total} videos are bad, more than --max-bad-fraction "
+            f"{config.max_bad_fraction:g}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

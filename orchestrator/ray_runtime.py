@@ -1,0 +1,42 @@
+"""Joining a Ray cluster, or starting a private local one that listens on loopback only."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+# Ray binds to the machine's network address by default; on one machine, with this setting, GCS, raylet,
+# workers and gloo's rendezvous all stay on 127.0.0.1, so a local run opens nothing to the network.
+_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    object_store_mb: int = 1024,
+    dashboard: bool = True,
+) -> str:
+    """Join the cluster at `address` (or $RAY_ADDRESS) if given, else start a local one bound to 127.0.0.1.
+
+    Returns what it did: "joined <address>" or "local".
+    """
+    if ray.is_initialized():
+        return "already connected"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return f"joined {address}"
+    os.environ.update(_LOOPBACK_ENV)  # read by the GCS, raylet and workers Ray spawns next
+    # This process read the variable when it imported ray; the flag it set decides the node address.
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(
+        _node_ip_address="127.0.0.1",
+        num_cpus=num_cpus,
+        object_store_memory=object_store_mb * 1024**2,  # Ray's default asks for ~30% of RAM
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        runtime_env={"env_vars": _LOOPBACK_ENV},
+    )
+    return "local"

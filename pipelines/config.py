@@ -1,0 +1,45 @@
+"""Data options: one typed object, validated before any Ray work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.config import require
+
+CACHE_FORMATS = ("jpeg", "raw")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    manifest: str = ""  # Parquet manifest from `promptswitch data prepare` or `data synth`
+    image_size: int = 224  # crop fed to the model
+    train_groups: int = 1  # groups of frames_per_group frames per training sample (SPEC: one)
+    eval_groups: int = 2  # evaluation: two independent groups spanning the video
+    max_bad_fraction: float = 0.01  # more bad videos than this fails the run, fewer are dropped and reported
+    decode_batch_size: int = 8  # videos per Ray Data decode task
+    cache_dir: str | None = None  # preprocessing cache root; None decodes the raw files every epoch
+    cache_fps: float = 4.0  # frames per second kept in the cache
+    cache_short_side: int = 224
+    cache_format: str = "jpeg"
+
+    def __post_init__(self) -> None:
+        require(self.image_size >= 16, "data.image_size", self.image_size, "an integer >= 16")
+        require(self.train_groups >= 1, "data.train_groups", self.train_groups, "an integer >= 1")
+        require(self.eval_groups >= 1, "data.eval_groups", self.eval_groups, "an integer >= 1")
+        require(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "in [0, 1]")
+        require(
+            self.decode_batch_size >= 1, "data.decode_batch_size", self.decode_batch_size, "an integer >= 1"
+        )
+        require(self.cache_fps > 0, "data.cache_fps", self.cache_fps, "a number > 0")
+        require(
+            self.cache_short_side >= self.image_size,
+            "data.cache_short_side",
+            self.cache_short_side,
+            f"an integer >= data.image_size ({self.image_size})",
+        )
+        require(
+            self.cache_format in CACHE_FORMATS,
+            "data.cache_format",
+            self.cache_format,
+            " or ".join(CACHE_FORMATS),
+        )

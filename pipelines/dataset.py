@@ -1,0 +1,236 @@
+"""Ray Data datasets of decoded frames, one per split (SPEC 4).
+
+Rows stay tiny (paths and captions) until a Ray Data task on a CPU worker decodes the sampled frames of a few
+videos with decord (or reads them from the preprocessing cache), crops them and ships uint8 frames through the
+object store; normalisation happens on the trainer's device. Training shuffles the tiny rows, so every epoch
+sees a fresh order without a global shuffle of decoded frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from model.factory import tokenize
+from pipelines.cache import CacheInfo, build_cache, open_cache
+from pipelines.config import DataConfig
+from pipelines.manifest import SPLITS, read_manifest
+from pipelines.sampling import frame_indices
+from pipelines.transforms import eval_transform, train_transform
+from pipelines.video import VideoError, open_video, probe
+
+log = logging.getLogger(__name__)
+
+
+class TooManyBadVideos(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class BadVideoReport:
+    total: int
+    bad: list[dict]  # {"video": path, "error": reason}
+
+    @property
+    def fraction(self) -> float:
+        return len(self.bad) / self.total if self.total else 0.0
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "ok": self.total - len(self.bad), "bad": self.bad}
+
+    def check(self, max_fraction: float) -> None:
+        if self.fraction > max_fraction:
+            shown = "\n".join(f"  {b['video']}: {b['error']}" for b in self.bad[:20])
+            raise TooManyBadVideos(
+                f"{len(self.bad)} of {self.total} videos ({self.fraction:.1%}) cannot be decoded, more than "
+                f"data.max_bad_fraction={max_fraction:g}:\n{shown}"
+                + ("\n  ..." if len(self.bad) > 20 else "")
+            )
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    captions: pa.Table  # a row per caption of a good video: video_index, video_id, video_path, caption
+    videos: pa.Table  # a row per good video, in video_index order: video_index, video_id, video_path
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    splits: dict[str, Split]
+    report: BadVideoReport
+    cache: CacheInfo | None
+
+
+def prepare_data(config: DataConfig, frames_per_group: int) -> PreparedData:
+    """Read the manifest, find the bad videos (building or reusing the cache when configured) and drop them.
+
+    Raises TooManyBadVideos when more than `config.max_bad_fraction` of the videos are bad.
+    """
+    table = read_manifest(config.manifest)
+    videos = sorted(set(table["video_path"].to_pylist()))
+    cache = build_cache(videos, config) if config.cache_dir else None
+    if cache:
+        report = BadVideoReport(len(videos), cache.bad)
+    else:
+        report = scan_videos(videos, config, frames_per_group)
+    report.check(config.max_bad_fraction)
+    bad = pa.array([b["video"] for b in report.bad], pa.string())
+    good = table.filter(pc.invert(pc.is_in(table["video_path"], value_set=bad)))
+    splits = {name: _split(name, good) for name in SPLITS}
+    return PreparedData({k: v for k, v in splits.items() if len(v.captions)}, report, cache)
+
+
+def _split(name: str, table: pa.Table) -> Split:
+    rows = table.filter(pc.equal(table["split"], name))
+    paths = rows["video_path"].to_pylist()
+    order = list(dict.fromkeys(paths))  # first-seen order, stable across runs
+    index = {p: i for i, p in enumerate(order)}
+    ids = dict(zip(paths, rows["video_id"].to_pylist(), strict=True))
+    captions = pa.table(
+        {
+            "video_index": pa.array([index[p] for p in paths], pa.int64()),
+            "video_id": rows["video_id"],
+            "video_path": rows["video_path"],
+            "caption": rows["caption"],
+        }
+    )
+    videos = pa.table(
+        {
+            "video_index": pa.array(range(len(order)), pa.int64()),
+            "video_id": [ids[p] for p in order],
+            "video_path": order,
+        }
+    )
+    return Split(name, captions, videos)
+
+
+def scan_videos(videos: list[str], config: DataConfig, frames_per_group: int) -> BadVideoReport:
+    """Open every video and decode its evaluation frames, in parallel on Ray; report the ones that fail."""
+    import ray.data
+
+    options = {
+        "frames_per_group": frames_per_group,
+        "groups": config.eval_groups,
+        "size": config.image_size,
+        "short_side": config.cache_short_side,
+    }
+    found = _blocks(pa.table({"video_path": videos}), config.decode_batch_size)
+    rows = (
+        ray.data.from_arrow(found)
+        .map_batches(_check_batch, batch_size=config.decode_batch_size, fn_kwargs=options)
+        .take_all()
+    )
+    return BadVideoReport(
+        len(videos), [{"video": r["video_path"], "error": r["error"]} for r in rows if r["error"]]
+    )
+
+
+def _check_batch(
+    batch: dict[str, np.ndarray], *, frames_per_group: int, groups: int, size: int, short_side: int
+) -> dict[str, np.ndarray]:
+    def pick(num_frames: int) -> np.ndarray:
+        return frame_indices(num_frames, frames_per_group, groups)
+
+    errors = []
+    for path in batch["video_path"]:
+        try:
+            probe(str(path))  # reads the last frame too: catches files cut short behind an intact index
+            eval_transform(read_sampled_frames(str(path), pick, cache_path=None, short_side=short_side), size)
+            errors.append("")
+        except VideoError as e:
+            errors.append(e.reason)
+    return {"video_path": batch["video_path"], "error": np.asarray(errors, dtype=object)}
+
+
+def train_dataset(data: PreparedData, config: DataConfig, frames_per_group: int, split: str = "train"):
+    """One row per (video, caption) pair: video_index, frames (T*G, 3, S, S) uint8, tokens (77,) int64.
+
+    Iterating it again re-executes it: a fresh shuffle and fresh random frames and crops every epoch.
+    """
+    import ray.data
+
+    rows = data.splits[split].captions.select(["video_index", "video_path", "caption"])
+    return (
+        ray.data.from_arrow(_blocks(rows, config.decode_batch_size))
+        .random_shuffle()
+        .map_batches(
+            _decode_batch,
+            batch_size=config.decode_batch_size,
+            fn_kwargs=_decode_options(data, config, frames_per_group, train=True),
+        )
+    )
+
+
+def eval_dataset(data: PreparedData, config: DataConfig, frames_per_group: int, split: str):
+    """One row per video, in video_index order: video_index, frames (T*G, 3, S, S) uint8, fixed positions."""
+    import ray.data
+
+    rows = data.splits[split].videos.select(["video_index", "video_path"])
+    return ray.data.from_arrow(_blocks(rows, config.decode_batch_size)).map_batches(
+        _decode_batch,
+        batch_size=config.decode_batch_size,
+        fn_kwargs=_decode_options(data, config, frames_per_group, train=False),
+    )
+
+
+def _decode_options(data: PreparedData, config: DataConfig, frames_per_group: int, *, train: bool) -> dict:
+    return {
+        "frames_per_group": frames_per_group,
+        "groups": config.train_groups if train else config.eval_groups,
+        "size": config.image_size,
+        "short_side": config.cache_short_side,
+        "train": train,
+        "cache_path": str(data.cache.path) if data.cache else None,
+    }
+
+
+def _blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
+    # Several small blocks, so that decoding fans out over tasks instead of one task per dataset.
+    return [table.slice(i, rows_per_block) for i in range(0, max(len(table), 1), rows_per_block)]
+
+
+def _decode_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    frames_per_group: int,
+    groups: int,
+    size: int,
+    short_side: int,
+    train: bool,
+    cache_path: str | None,
+) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng() if train else None  # fresh entropy: a new draw every epoch
+
+    def pick(num_frames: int) -> np.ndarray:
+        return frame_indices(num_frames, frames_per_group, groups, rng=rng)
+
+    kept, frames = [], []
+    for i, path in enumerate(batch["video_path"]):
+        try:
+            raw = read_sampled_frames(str(path), pick, cache_path=cache_path, short_side=short_side)
+        except VideoError as e:  # passed the scan but failed now: drop it, never the run
+            log.warning("dropping video %s: %s", e.path, e.reason)
+            continue
+        frames.append(train_transform(raw, size, rng) if train else eval_transform(raw, size))
+        kept.append(i)
+    out = {"video_index": batch["video_index"][kept]}
+    out["frames"] = (
+        np.stack(frames) if frames else np.zeros((0, frames_per_group * groups, 3, size, size), np.uint8)
+    )
+    if "caption" in batch:
+        out["tokens"] = tokenize([str(c) for c in batch["caption"][kept]]).numpy()
+    return out
+
+
+def read_sampled_frames(path: str, pick, *, cache_path: str | None, short_side: int) -> np.ndarray:
+    """(F, H, W, 3) uint8 frames at the indices `pick(num_frames)`, from the cache or the raw file."""
+    if cache_path:
+        cache = open_cache(cache_path)
+        return cache.read(path, pick(cache.num_frames(path)))
+    video = open_video(path, short_side=short_side)
+    return video.read(pick(video.num_frames))

@@ -1,0 +1,188 @@
+"""A synthetic dataset on disk: real mp4 files of `pipelines.synthetic` videos and their manifest.
+
+It exercises the whole data path (decode, sample, transform) without downloading anything. Each video
+has two captions: the spec's own ("a red circle moves left, then up") and a paraphrase ("the red circle
+goes left and then up"), so multi-caption handling is exercised too. Test and val get whole videos.
+
+Deterministic: the same arguments give the same manifest (up to the absolute paths) and the same files.
+libx264 is not byte-deterministic with its SIMD code on small frames (about 1 encode in 60 of a 32-96 px
+video came out different, depending on the process's earlier allocations), so it runs with `asm=0` and
+one thread, which made 1,200 encodes of 36 videos identical; `mpeg4`, the fallback, was deterministic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+
+from pipelines.manifest import SCHEMA, write_manifest
+from pipelines.synthetic import VideoSpec, random_specs, render
+from pipelines.video import DECORD_BAD_WIDTHS
+
+VIDEO_DIR = "videos"
+MANIFEST_NAME = "manifest.parquet"
+CORRUPT_KINDS = ("empty", "garbage", "truncated", "damaged")
+
+_X264_OPTIONS = {"crf": "18", "threads": "1", "x264-params": "asm=0"}
+
+
+def paraphrase(spec: VideoSpec) -> str:
+    return f"the {spec.colour} {spec.shape} goes {spec.first} and then {spec.then}"
+
+
+def video_encoder() -> str:
+    """H.264 (libx264) where this PyAV build has it, else MPEG-4 part 2."""
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int, *, codec: str | None = None) -> Path:
+    """Encode (F, H, W, 3) uint8 RGB frames (even H and W) as a yuv420p mp4, deterministically."""
+    path = Path(path)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    _, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"yuv420p needs an even frame size, got {width}x{height}")
+    codec = codec or video_encoder()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = fps  # a key frame a second, as in real videos
+        if codec == "libx264":
+            stream.options = dict(_X264_OPTIONS)
+        else:
+            stream.codec_context.thread_count = 1
+            stream.bit_rate = 2_000_000
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+                format="yuv420p"
+            )
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def write_synthetic_dataset(
+    out_dir: str | Path,
+    videos: int,
+    seed: int,
+    *,
+    frames: int = 48,
+    size: int = 96,
+    fps: int = 12,
+    val_fraction: float = 0.125,
+    test_fraction: float = 0.25,
+    codec: str | None = None,
+) -> Path:
+    """Write `videos` distinct synthetic videos to out_dir/videos/ and their manifest; return its path.
+
+    The manifest (out_dir/manifest.parquet) has two rows per video, the caption then its paraphrase,
+    ordered by video id. round(videos * test_fraction) videos are test, round(videos * val_fraction)
+    val, the rest train (at least one), chosen by `seed`.
+    """
+    out_dir = Path(out_dir).resolve()
+    if frames < 1:
+        raise ValueError(f"frames must be at least 1, got {frames}")
+    if size < 16 or size % 2 or size in DECORD_BAD_WIDTHS:
+        raise ValueError(
+            f"size must be even, >= 16 and not one of {sorted(DECORD_BAD_WIDTHS)} "
+            f"(decord cannot return frames that wide), got {size}"
+        )
+    if fps < 1:
+        raise ValueError(f"fps must be at least 1, got {fps}")
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= fraction < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {fraction}")
+    specs = random_specs(videos, seed)  # raises beyond the 144 distinct videos
+    n_test = int(np.floor(videos * test_fraction + 0.5))
+    n_val = int(np.floor(videos * val_fraction + 0.5))
+    if n_test + n_val >= videos:
+        raise ValueError(f"{videos} videos leave none for training with {n_test} test and {n_val} val")
+    order = np.random.default_rng(seed).permutation(videos)
+    splits = np.full(videos, "train", dtype=object)
+    splits[order[:n_test]] = "test"
+    splits[order[n_test : n_test + n_val]] = "val"
+
+    rows: dict[str, list[str]] = {name: [] for name in SCHEMA.names}
+    for i, spec in enumerate(specs):
+        video_id = f"synth-{i:04d}"
+        path = out_dir / VIDEO_DIR / f"{video_id}.mp4"
+        write_video(path, render(spec, frames, size), fps, codec=codec)
+        for caption in (spec.caption, paraphrase(spec)):
+            rows["video_id"].append(video_id)
+            rows["video_path"].append(str(path))
+            rows["caption"].append(caption)
+            rows["split"].append(str(splits[i]))
+    manifest = out_dir / MANIFEST_NAME
+    write_manifest(pa.table(rows, schema=SCHEMA), manifest)
+    return manifest
+
+
+def corrupt_copies(
+    out_dir: str | Path,
+    kinds: tuple[str, ...] = ("empty", "garbage", "truncated"),
+    *,
+    source: str | Path | None = None,
+) -> dict[str, Path]:
+    """Deliberately bad copies of a good mp4, written beside it as corrupt-<kind>.mp4.
+
+    kinds: "empty" (zero bytes), "garbage" (random bytes, the good file's length), "truncated" (two
+    files, keys "truncated_50" and "truncated_10": the good file cut to 50% and 10% of its bytes) and
+    "damaged" (container intact, second half of the frame data zeroed: opens, fails when decoded).
+    `source` defaults to the first video in out_dir/videos/, or a new out_dir/good.mp4 if there is none.
+    """
+    out_dir = Path(out_dir)
+    unknown = set(kinds) - set(CORRUPT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown corruption kinds {sorted(unknown)}; choose from {CORRUPT_KINDS}")
+    if source is None:
+        found = sorted(p for p in (out_dir / VIDEO_DIR).glob("*.mp4") if not p.name.startswith("corrupt-"))
+        if found:
+            source = found[0]
+        else:
+            source = write_video(out_dir / "good.mp4", render(random_specs(1, 0)[0], 24, 64), 12)
+    source = Path(source)
+    good = source.read_bytes()
+    made: dict[str, Path] = {}
+
+    def put(key: str, data: bytes) -> None:
+        made[key] = source.parent / f"corrupt-{key.replace('_', '-')}.mp4"
+        made[key].write_bytes(data)
+
+    for kind in kinds:
+        if kind == "empty":
+            put("empty", b"")
+        elif kind == "garbage":
+            put("garbage", np.random.default_rng(0).integers(0, 256, len(good), dtype=np.uint8).tobytes())
+        elif kind == "truncated":
+            put("truncated_50", good[: len(good) // 2])
+            put("truncated_10", good[: len(good) // 10])
+        else:
+            put("damaged", _zero_second_half_of_mdat(good))
+    return made
+
+
+def _zero_second_half_of_mdat(data: bytes) -> bytes:
+    """The mp4 with the second half of its `mdat` payload zeroed; every other box untouched."""
+    pos = 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        header = 8
+        if size == 1:  # 64-bit size follows
+            size, header = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
+        elif size == 0:  # box runs to the end of the file
+            size = len(data) - pos
+        if size < header:
+            break
+        if kind == b"mdat":
+            start, end = pos + header, pos + size
+            middle = start + (end - start) // 2
+            return data[:middle] + bytes(end - middle) + data[end:]
+        pos += size
+    raise ValueError("no mdat box found: not an mp4 file?")
