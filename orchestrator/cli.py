@@ -9,8 +9,25 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from model import ConfigError, WeightsError
+    from pipelines.dataset import TooManyBadVideos
+    from pipelines.prepare import MissingVideosError
+    from pipelines.readers import AnnotationError
+
     args = _parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (
+        ConfigError,
+        WeightsError,
+        AnnotationError,
+        MissingVideosError,
+        TooManyBadVideos,
+        FileNotFoundError,
+    ) as e:
+        # Bad input, not a bug: the message says what is wrong; a traceback would only bury it.
+        print(f"promptswitch: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,7 +136,10 @@ def _cache(args) -> int:
     from pipelines.manifest import read_manifest
 
     config = _data_config(  # validated before Ray starts
-        args, cache_dir=str(args.cache_dir), cache_fps=args.fps, cache_short_side=args.short_side,
+        args,
+        cache_dir=str(args.cache_dir),
+        cache_fps=args.fps,
+        cache_short_side=args.short_side,
         cache_format=args.format,
     )
     videos = read_manifest(config.manifest)["video_path"].to_pylist()

@@ -1,0 +1,149 @@
+"""The `promptswitch` command as a user runs it: a real process, real files, a real local Ray cluster."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipelines.manifest import SCHEMA, read_manifest, write_manifest
+from pipelines.synth import corrupt_copies
+
+FIXTURES = Path(__file__).parent.parent / "pipelines" / "fixtures"
+
+
+def promptswitch(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    result = promptswitch("data", "synth", "--out", out, "--videos", 10, "--seed", 7)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert Path(summary["manifest"]).is_file()
+    return Path(summary["manifest"])
+
+
+def test_synth_is_deterministic_by_seed(synth, tmp_path):
+    again = promptswitch("data", "synth", "--out", tmp_path, "--videos", 10, "--seed", 7)
+    assert again.returncode == 0, again.stderr
+    a, b = read_manifest(synth), read_manifest(json.loads(again.stdout)["manifest"])
+    assert a["caption"].to_pylist() == b["caption"].to_pylist()
+    assert a["split"].to_pylist() == b["split"].to_pylist()
+
+
+@pytest.mark.slow
+def test_check_reports_bad_videos_and_its_exit_status_follows_the_limit(synth, tmp_path):
+    bad = corrupt_copies(synth.parent, ("empty", "garbage"))
+    table = read_manifest(synth)
+    extra = pa.table(
+        {
+            "video_id": list(bad),
+            "video_path": [str(p) for p in bad.values()],
+            "caption": ["x"] * len(bad),
+            "split": ["train"] * len(bad),
+        },
+        schema=SCHEMA,
+    )
+    manifest = tmp_path / "with-bad.parquet"
+    write_manifest(pa.concat_tables([table, extra]), manifest)
+
+    strict = promptswitch("data", "check", manifest)
+    assert strict.returncode == 1
+    report = json.loads(strict.stdout)
+    assert report["total"] == 12 and report["ok"] == 10
+    assert sorted(b["video"] for b in report["bad"]) == sorted(str(p) for p in bad.values())
+    assert "more than --max-bad-fraction" in strict.stderr
+
+    lenient = promptswitch("data", "check", manifest, "--max-bad-fraction", 0.5)
+    assert lenient.returncode == 0, lenient.stderr
+
+
+@pytest.mark.slow
+def test_cache_is_built_then_reused(synth, tmp_path):
+    first = promptswitch("data", "cache", synth, "--cache-dir", tmp_path / "cache", "--fps", 4)
+    assert first.returncode == 0, first.stderr
+    built = json.loads(first.stdout)
+    assert built["reused"] is False and built["ok"] == 10 and Path(built["cache"], "index.parquet").is_file()
+    second = json.loads(
+        promptswitch("data", "cache", synth, "--cache-dir", tmp_path / "cache", "--fps", 4).stdout
+    )
+    assert second["reused"] is True and second["cache"] == built["cache"]
+
+
+def msrvtt_videos(folder: Path, ids) -> Path:
+    folder.mkdir(exist_ok=True)
+    for video_id in ids:
+        (folder / f"{video_id}.mp4").write_bytes(b"placeholder")
+    return folder
+
+
+def test_prepare_prints_the_summary_and_writes_the_manifest(tmp_path):
+    ids = set()
+    for listing in ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv"):
+        with open(FIXTURES / "msrvtt" / listing) as f:
+            ids |= {row["video_id"] for row in csv.DictReader(f)}
+    videos = msrvtt_videos(tmp_path / "videos", ids)
+    out = tmp_path / "msrvtt.parquet"
+    result = promptswitch(
+        "data",
+        "prepare",
+        "--dataset",
+        "msrvtt-9k",
+        "--annotations",
+        FIXTURES / "msrvtt",
+        "--videos",
+        videos,
+        "--out",
+        out,
+        "--val-fraction",
+        0.3,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert set(summary["splits"]) == {"train", "val", "test"}
+    assert summary["missing_videos"] == 0
+    table = read_manifest(out)
+    for split, counts in summary["splits"].items():
+        rows = [r for r in table.to_pylist() if r["split"] == split]
+        assert counts == {"videos": len({r["video_id"] for r in rows}), "captions": len(rows)}
+
+
+def test_missing_videos_fail_with_the_list_unless_allowed(tmp_path):
+    videos = msrvtt_videos(tmp_path / "videos", ["video0"])
+    args = [
+        "data",
+        "prepare",
+        "--dataset",
+        "msrvtt-9k",
+        "--annotations",
+        FIXTURES / "msrvtt",
+        "--videos",
+        videos,
+        "--out",
+        tmp_path / "m.parquet",
+    ]
+    failed = promptswitch(*args)
+    assert failed.returncode == 2
+    assert "video1.mp4" in failed.stderr and "--allow-missing" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    allowed = promptswitch(*args, "--allow-missing")
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["missing_videos"] > 0
+
+
+def test_a_bad_value_is_named_before_any_work(synth):
+    result = promptswitch("data", "cache", synth, "--short-side", 100)
+    assert result.returncode == 2
+    assert "data.cache_short_side=100" in result.stderr and "allowed" in result.stderr
