@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean mlflow-ui
 
 install: $(STAMP)
 
@@ -26,11 +26,22 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-demo: $(STAMP)
-	$(PY) -m orchestrator.cli demo
+DEMO_DATA := data/synth/manifest.parquet
+
+# The whole product on one machine: synthetic mp4s, the tiny model on local Ray with 2 workers,
+# validation and test, MLflow in ./mlflow.db. Running it again resumes (or re-scores) run "demo".
+demo: $(STAMP) $(DEMO_DATA)
+	$(VENV)/bin/promptswitch train --config configs/demo.yaml
+
+$(DEMO_DATA): | $(STAMP)
+	$(VENV)/bin/promptswitch data synth --out data/synth --videos 144 --seed 24
 
 bench: $(STAMP)
 	$(PY) bench/model_cost.py
+
+# The MLflow UI over the project's store (what runs log to without tracking.tracking_uri), on loopback only.
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -231,12 +231,18 @@ def _passthrough(batch: dict) -> dict:
     return batch
 
 
+def _import_pipeline(batch: dict) -> dict:
+    import pipelines.dataset  # noqa: F401  (torch, torchvision, open_clip, decord: about 5 s in a new process)
+
+    return batch
+
+
 def iterate(ds) -> int:
     """Consume a dataset as a trainer would (numpy batches), and count its rows."""
     return sum(len(b["video_index"]) for b in ds.iter_batches(batch_size=32, batch_format="numpy"))
 
 
-def ray_floor(rows: pa.Table, batch_size: int, shuffle: bool):
+def ray_floor(rows: pa.Table, batch_size: int, shuffle: bool, udf=_passthrough):
     """The same block layout and (for training) shuffle as the pipeline's datasets, with a do-nothing UDF."""
     import ray.data
 
@@ -244,7 +250,7 @@ def ray_floor(rows: pa.Table, batch_size: int, shuffle: bool):
     ds = ray.data.from_arrow(blocks)
     if shuffle:
         ds = ds.random_shuffle()
-    return ds.map_batches(_passthrough, batch_size=batch_size)
+    return ds.map_batches(udf, batch_size=batch_size)
 
 
 def folder_bytes(path: Path) -> int:
@@ -283,8 +289,11 @@ def bench_resolution(args, height: int, count: int, workdir: Path, pool) -> dict
     config = DataConfig(manifest=str(manifest), image_size=IMAGE_SIZE, cache_short_side=IMAGE_SIZE)
     T = args.frames
 
-    # The Pool decodes one video per process first: start-up and imports are not decoding.
-    pool_run(pool, partial(bare_decord, frames=T), paths[: os.cpu_count()])
+    # Every Pool function runs once per process first: start-up and imports are not decoding.
+    warm = paths[: os.cpu_count()]
+    for fn in (partial(bare_decord, frames=T), partial(pipeline_reader, frames=T), first_frame):
+        pool_run(pool, fn, warm)
+    pool_run(pool, partial(opencv_seek, frames=T, threads=args.cv_threads), warm)
 
     # prepare_data without a cache scans every video (probe + eval frames) on Ray: timed on its own.
     scan = Timing("prepare_data scan (Ray)", count)
@@ -449,6 +458,11 @@ def main(argv=None) -> int:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" line per dataset
+    # Ray starts its workers lazily and each imports the pipeline (about 5 s here): once, before timing.
+    rows = pa.table({"video_index": np.arange(4 * cpus)})
+    warm_s = timed(lambda: iterate(ray_floor(rows, 1, shuffle=False, udf=_import_pipeline)))[0]
+    print(f"Ray workers started and warmed in {warm_s:.1f} s", flush=True)
     # spawn, not fork: this process runs Ray's threads, which a forked child would inherit half-copied.
     pool = mp.get_context("spawn").Pool(cpus, initializer=_pool_init)
     verdicts: list[str] = []

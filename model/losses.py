@@ -17,17 +17,10 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        world = dist.get_world_size()
-        sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
-        sizes = [int(s) for s in sizes]
-        padded = x.new_zeros((max(sizes), *x.shape[1:]))
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded.contiguous())
+        rows, sizes = _all_gather_rows(x)
         rank = dist.get_rank()
         ctx.rows = (sum(sizes[:rank]), sizes[rank])
-        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+        return rows
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -42,15 +35,40 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def contrastive_loss(
-    text: torch.Tensor, video: torch.Tensor, logit_scale: torch.Tensor, *, gather: bool = False
+    text: torch.Tensor,
+    video: torch.Tensor,
+    logit_scale: torch.Tensor,
+    *,
+    gather: bool = False,
+    video_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean of text->video and video->text cross-entropy over exp(logit_scale) * cosine similarities.
 
     Row i of `text` and `video` are a positive pair; every other row of the (global) batch is a negative,
-    so a batch must hold each video once. Inputs are L2-normalised embeddings.
+    so a batch must hold each video once. With `video_ids`, rows that share a video (say, two captions of it
+    on two workers) are kept out of each other's negatives instead. Inputs are L2-normalised embeddings.
     """
     if gather:
         text, video = gather_with_grad(text), gather_with_grad(video)
     logits = logit_scale.exp() * text @ video.T
+    if video_ids is not None:
+        if gather:
+            video_ids = _all_gather_rows(video_ids)[0]
+        same = video_ids[:, None] == video_ids[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels)) / 2
+
+
+def _all_gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Every rank's rows, concatenated in rank order, and how many each rank had (counts may differ)."""
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    sizes = [int(s) for s in sizes]
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]), sizes

@@ -111,16 +111,20 @@ class PromptSwitchCLIP(nn.Module):
         """(B, 77) token ids -> (B, D) L2-normalised text embeddings (plain CLIP text tower)."""
         return self.clip.encode_text(tokens, normalize=True)
 
-    def forward(self, frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training losses for a batch of (video, caption) pairs, one caption per video.
+    def forward(
+        self, frames: torch.Tensor, tokens: torch.Tensor, video_ids: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Training losses for a batch of (video, caption) pairs.
 
-        With torch.distributed initialised the contrastive negatives are the global batch.
+        With torch.distributed initialised the contrastive negatives are the global batch; `video_ids` keeps
+        two captions of one video (on different workers, say) out of each other's negatives.
         """
         frame_feats = self.frame_features(frames)
         gather = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        text, video = self.encode_text(tokens), _video_embedding(frame_feats)
         losses = {
             "contrastive": contrastive_loss(
-                self.encode_text(tokens), _video_embedding(frame_feats), self.clip.logit_scale, gather=gather
+                text, video, self.clip.logit_scale, gather=gather, video_ids=video_ids
             )
         }
         loss = losses["contrastive"]

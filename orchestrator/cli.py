@@ -1,4 +1,4 @@
-"""The `promptswitch` command: data preparation and checks, and the model demo."""
+"""The `promptswitch` command: training, evaluation, data preparation and checks, and the model demo."""
 
 from __future__ import annotations
 
@@ -38,6 +38,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=300)
     demo.add_argument("--seed", type=int, default=24)
     demo.set_defaults(run=_demo)
+
+    for name, helptext, run in (
+        ("train", "train (or resume) on Ray Train, logged to MLflow", _train),
+        ("eval", "score a checkpoint on a split", _eval),
+    ):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("--config", type=Path, help="YAML preset, e.g. configs/demo.yaml")
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.batch_size=64")
+        sub.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+        sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        sub.set_defaults(run=run)
+        if name == "eval":
+            sub.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint folder of a run")
+            sub.add_argument("--split", default="test", choices=("train", "val", "test"))
 
     data = commands.add_parser("data", help="prepare, generate, cache and check video datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -96,6 +110,51 @@ def _demo(args) -> int:
     from orchestrator import quickstart
 
     quickstart.run(steps=args.steps, seed=args.seed)
+    return 0
+
+
+def _load_run(args):
+    from orchestrator.config_io import dump_config, load_config
+
+    run = load_config(args.config, args.overrides)  # every value checked before Ray starts
+    if args.print_config:
+        print(dump_config(run), end="")
+    return run
+
+
+def _train(args) -> int:
+    run = _load_run(args)
+    if args.print_config:
+        return 0
+    from orchestrator.ray_runtime import connect
+    from orchestrator.trainer import fit
+
+    print(f"Ray: {connect(args.address)}", flush=True)
+    fit(run)
+    return 0
+
+
+def _eval(args) -> int:
+    run = _load_run(args)
+    if args.print_config:
+        return 0
+    import ray.train
+
+    from model import format_metrics_table
+    from orchestrator.ray_runtime import connect
+    from orchestrator.scoring import score_checkpoint
+    from pipelines.dataset import prepare_data
+
+    if not (args.checkpoint / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{args.checkpoint} is not a promptswitch checkpoint (no model.safetensors)")
+    connect(args.address)
+    data = prepare_data(run.data, run.model.frames_per_group)
+    if args.split not in data.splits:
+        raise FileNotFoundError(f"the manifest {run.data.manifest} has no {args.split} split")
+    ckpt = ray.train.Checkpoint.from_directory(str(args.checkpoint.absolute()))
+    metrics = score_checkpoint(ckpt, run, data, args.split)
+    print(format_metrics_table(metrics), file=sys.stderr)
+    print(json.dumps(metrics, indent=1))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import ray
+import ray.data
 
 # Ray binds to the machine's network address by default; on one machine, with this setting, GCS, raylet,
 # workers and gloo's rendezvous all stay on 127.0.0.1, so a local run opens nothing to the network.
@@ -22,6 +23,8 @@ def connect(
 
     Returns what it did: "joined <address>" or "local".
     """
+    # Ray Data's progress bars would bury the training progress line; its logs still go to the session dir.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     if ray.is_initialized():
         return "already connected"
     address = address or os.environ.get("RAY_ADDRESS")

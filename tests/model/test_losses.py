@@ -14,6 +14,7 @@ from model import contrastive_loss
 
 DIM_IN, DIM = 8, 4
 SIZES = (3, 2)  # ranks may hold different batch sizes (the last batch of an epoch)
+IDS = torch.tensor([0, 1, 2, 0, 3])  # video 0 has a caption on each rank
 
 
 class Towers(nn.Module):
@@ -24,12 +25,13 @@ class Towers(nn.Module):
         self.video = nn.Linear(DIM_IN, DIM)
         self.logit_scale = nn.Parameter(torch.tensor(2.0))
 
-    def forward(self, t, v, gather=False):
+    def forward(self, t, v, ids, gather=False):
         return contrastive_loss(
             F.normalize(self.text(t), dim=-1),
             F.normalize(self.video(v), dim=-1),
             self.logit_scale,
             gather=gather,
+            video_ids=ids,
         )
 
 
@@ -48,13 +50,25 @@ def test_matches_the_formula():
     torch.testing.assert_close(contrastive_loss(t, v, scale), by_hand / 10)
 
 
+def test_rows_of_one_video_are_not_each_others_negatives():
+    t, v = F.normalize(torch.randn(3, DIM), dim=-1), F.normalize(torch.randn(3, DIM), dim=-1)
+    scale = torch.tensor(1.0)
+    logits = scale.exp() * t @ v.T
+    masked = logits.clone()
+    masked[0, 2] = masked[2, 0] = float("-inf")  # rows 0 and 2 are captions of the same video
+    labels = torch.arange(3)
+    expected = (F.cross_entropy(masked, labels) + F.cross_entropy(masked.T, labels)) / 2
+    torch.testing.assert_close(contrastive_loss(t, v, scale, video_ids=torch.tensor([7, 8, 7])), expected)
+    assert contrastive_loss(t, v, scale, video_ids=torch.tensor([1, 2, 3])) == contrastive_loss(t, v, scale)
+
+
 def _worker(rank, port, queue):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     model = DistributedDataParallel(Towers())
     t, v = batch()
     start = sum(SIZES[:rank])
     rows = slice(start, start + SIZES[rank])
-    loss = model(t[rows], v[rows], gather=True)
+    loss = model(t[rows], v[rows], IDS[rows], gather=True)
     loss.backward()
     # Plain lists: a shared-memory tensor would vanish with this process before the parent reads it.
     queue.put((rank, loss.item(), {n: p.grad.tolist() for n, p in model.module.named_parameters()}))
@@ -70,7 +84,7 @@ def free_port():
 @pytest.mark.distributed
 def test_two_processes_equal_one_process_on_the_whole_batch():
     single = Towers()
-    loss = single(*batch())
+    loss = single(*batch(), IDS)
     loss.backward()
 
     ctx = mp.get_context("spawn")

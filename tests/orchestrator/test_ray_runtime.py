@@ -25,7 +25,9 @@ def test_a_local_cluster_listens_on_loopback_only(ray_local):
             conns = proc.net_connections(kind="inet")
         except psutil.Error:
             continue
-        listening += [(proc.name(), c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+        listening += [
+            (proc.name(), c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN
+        ]
     assert listening, "found no listening Ray sockets to check"
     exposed = [s for s in listening if not ipaddress.ip_address(s[1].removeprefix("::ffff:")).is_loopback]
     assert not exposed, exposed

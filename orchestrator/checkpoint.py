@@ -1,0 +1,89 @@
+"""Training checkpoints: model, optimiser, scheduler, step, RNG state, resolved config and MLflow run id.
+
+Model weights are safetensors and the optimiser state is loaded with torch.load(weights_only=True): loading
+a checkpoint never runs pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+MODEL_FILE = "model.safetensors"
+OPTIM_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimiser steps taken
+    epoch: int = 0  # epochs completed
+    best_score: float = float("-inf")  # best validation t2v R@1 so far
+    mlflow_run_id: str | None = None
+
+
+def save(
+    folder: Path, model: nn.Module, optimizer, scheduler, state: TrainState, config_yaml: str, scaler=None
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(_contiguous(model.state_dict()), folder / MODEL_FILE)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None,
+            "torch_rng": torch.get_rng_state(),
+        },
+        folder / OPTIM_FILE,
+    )
+    rng = {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())}
+    (folder / STATE_FILE).write_text(json.dumps(state.__dict__ | {"rng": rng}, indent=1))
+    (folder / CONFIG_FILE).write_text(config_yaml)
+
+
+def load(folder: Path, model: nn.Module, optimizer=None, scheduler=None, scaler=None) -> TrainState:
+    model.load_state_dict(safetensors.torch.load_file(folder / MODEL_FILE))
+    raw = json.loads((folder / STATE_FILE).read_text())
+    rng = raw.pop("rng")
+    if optimizer is not None:
+        saved = torch.load(folder / OPTIM_FILE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved["scaler"]:
+            scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["torch_rng"])
+        random.setstate(_tuples(rng["python"]))
+        np.random.set_state(_tuples(rng["numpy"]))
+    return TrainState(**raw)
+
+
+def load_weights(folder: Path, model: nn.Module) -> None:
+    model.load_state_dict(safetensors.torch.load_file(Path(folder) / MODEL_FILE))
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or strided storage; a copy of every tensor is cheap next to the save.
+    return {k: v.detach().contiguous().clone().cpu() for k, v in state.items()}
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (tuple, list)):
+        return [_jsonable(x) for x in obj]
+    return obj
+
+
+def _tuples(obj):
+    # JSON turned the RNG states' tuples into lists; both setstate functions want tuples back.
+    if isinstance(obj, list) and obj and isinstance(obj[0], str):  # numpy: ("MT19937", keys, pos, ...)
+        return (obj[0], np.asarray(obj[1], dtype=np.uint32), *obj[2:])
+    return tuple(tuple(x) if isinstance(x, list) else x for x in obj)

@@ -1,0 +1,218 @@
+"""What every Ray Train worker runs: set up the model, get the data shard, loop, report and checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from model import build_model, normalize_frames, parameter_groups
+from orchestrator import checkpoint
+from orchestrator.config_io import config_from_dict, dump_config
+from orchestrator.evaluation import evaluate
+from orchestrator.tracking import Tracker
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    run = config_from_dict(loop_config["run"])
+    cfg = run.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed + rank)
+
+    # 1. Model, optimiser, schedule; state from the last checkpoint when resuming.
+    device = ray.train.torch.get_device()
+    model = build_model(run.model)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(
+            model,
+            clip_lr=cfg.clip_lr,
+            new_lr=cfg.new_lr,
+            weight_decay=cfg.weight_decay,
+            official_grouping=cfg.official_grouping,
+        ),
+        betas=cfg.betas,
+        eps=cfg.eps,
+    )
+    total_steps = loop_config["total_steps"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg.warmup_fraction))
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    state = checkpoint.TrainState(mlflow_run_id=loop_config["mlflow_run_id"])
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as folder:
+            state = checkpoint.load(Path(folder), model, optimizer, scheduler, scaler)
+    ddp = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world > 1
+    autocast = autocast_for(cfg.precision, device)
+    tracker = (
+        Tracker.start(loop_config["tracking_uri"], run.tracking.experiment, run.name, state.mlflow_run_id)
+        if rank == 0
+        else None
+    )
+
+    # 2. This worker's shard of the training pairs; validation is read whole by rank 0.
+    shard = ray.train.get_dataset_shard("train")
+    val = ray.train.get_dataset_shard("val") if "val" in loop_config["eval_splits"] else None
+    micro_batch = cfg.batch_size // (cfg.grad_accum * world)
+    config_yaml = dump_config(run)
+    progress = Progress(total_steps, cfg.batch_size, rank)
+
+    def validate_and_checkpoint() -> None:
+        metrics = {"step": state.step, "epoch": state.epoch}
+        if val is not None:
+            scores = (
+                evaluate(model, val, loop_config["val_captions"], device, autocast=autocast)
+                if rank == 0
+                else None
+            )
+            scores = _broadcast(scores)
+            metrics |= {f"val_{k}": v for k, v in scores.items()}
+            state.best_score = max(state.best_score, scores["t2v_recall_at_1"])
+            if tracker:
+                tracker.log_metrics({f"val_{k}": v for k, v in scores.items()}, state.step)
+                progress.show_eval(state, scores)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:  # one copy of the weights: every rank holds the same ones
+                checkpoint.save(Path(tmp), model, optimizer, scheduler, state, config_yaml, scaler)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+    # 3. The loop: an epoch is one pass over the shard in a fresh order with fresh frames and crops.
+    last_eval = state.step
+    while state.epoch < cfg.epochs and state.step < total_steps:
+        batches = shard.iter_torch_batches(
+            batch_size=micro_batch,
+            drop_last=True,
+            prefetch_batches=2,
+            dtypes={"frames": torch.uint8, "tokens": torch.long, "video_index": torch.long},
+        )
+        micro, waited, sums = 0, 0.0, {}
+        tick = time.perf_counter()
+        for batch in batches:
+            waited += time.perf_counter() - tick
+            micro += 1
+            sync = micro % cfg.grad_accum == 0
+            with contextlib.nullcontext() if sync or world == 1 else ddp.no_sync(), autocast():
+                losses = ddp(
+                    normalize_frames(batch["frames"].to(device)),
+                    batch["tokens"].to(device),
+                    batch["video_index"].to(device),
+                )
+            loss = losses["loss"] / cfg.grad_accum
+            (scaler.scale(loss) if scaler else loss).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
+            if not sync:
+                tick = time.perf_counter()
+                continue
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            model.clamp_logit_scale()
+            state.step += 1
+            if tracker and state.step % cfg.log_every_steps == 0:
+                step_metrics = progress.step_metrics(state, sums, waited, optimizer, model)
+                tracker.log_metrics(step_metrics, state.step)
+                progress.show_step(state, step_metrics)
+                waited = 0.0  # the data-wait fraction covers the whole logging window
+            sums = {}
+            if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
+                validate_and_checkpoint()
+                last_eval = state.step
+            if state.step >= total_steps:
+                break
+            tick = time.perf_counter()
+        state.epoch += 1
+        if not cfg.eval_every_steps:
+            validate_and_checkpoint()
+            last_eval = state.step
+    if last_eval != state.step:
+        validate_and_checkpoint()  # the final state is always in a checkpoint
+    if tracker:
+        tracker.log_metrics({"best_val_t2v_recall_at_1": state.best_score}, state.step)
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float):
+    """Linear warm-up over the first steps, then cosine decay to zero (SPEC 6), as a LambdaLR factor."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+    return factor
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _broadcast(obj):
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class Progress:
+    """Rank 0's console line and per-step metrics: loss parts, learning rates, speed, data wait, ETA."""
+
+    def __init__(self, total_steps: int, batch_size: int, rank: int):
+        self.total_steps, self.batch_size, self.rank = total_steps, batch_size, rank
+        self.start = time.perf_counter()
+        self.last_time, self.last_step = self.start, None
+
+    def step_metrics(self, state, sums: dict, waited: float, optimizer, model) -> dict[str, float]:
+        now = time.perf_counter()
+        steps = state.step - (self.last_step if self.last_step is not None else state.step - 1)
+        elapsed = now - self.last_time
+        self.last_time, self.last_step = now, state.step
+        metrics = {"loss": sums["loss"]} | {f"loss_{k}": v for k, v in sums.items() if k != "loss"}
+        metrics |= {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}
+        metrics["logit_scale"] = model.clip.logit_scale.exp().item()
+        metrics["samples_per_second"] = steps * self.batch_size / elapsed
+        metrics["data_wait_fraction"] = min(1.0, waited / max(elapsed, 1e-9))
+        return metrics
+
+    def show_step(self, state, m: dict[str, float]) -> None:
+        remaining = (self.total_steps - state.step) * self.batch_size / max(m["samples_per_second"], 1e-9)
+        parts = "  ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in m.items() if k.startswith("loss_"))
+        print(
+            f"epoch {state.epoch + 1}  step {state.step}/{self.total_steps}  loss {m['loss']:.3f} ({parts})  "
+            f"{m['samples_per_second']:.1f} samples/s  data wait {m['data_wait_fraction']:.0%}  "
+            f"ETA {_duration(remaining)}",
+            flush=True,
+        )
+
+    def show_eval(self, state, scores: dict[str, float]) -> None:
+        print(
+            f"validation at step {state.step}: t2v R@1 {scores['t2v_recall_at_1']:.1f}  "
+            f"R@5 {scores['t2v_recall_at_5']:.1f}  v2t R@1 {scores['v2t_recall_at_1']:.1f}  "
+            f"(best t2v R@1 {state.best_score:.1f})",
+            flush=True,
+        )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,102 @@
+"""The driver of a training job: data, MLflow run, Ray Train fit, then the test split scored once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from model import format_metrics_table
+from orchestrator.config import RunConfig
+from orchestrator.config_io import config_to_dict, dump_config, flatten_config
+from orchestrator.scoring import score_checkpoint
+from orchestrator.tracking import Tracker, find_run_by_name, log_best_model, resolve_tracking_uri
+from orchestrator.train_loop import train_loop_per_worker
+from pipelines.dataset import eval_dataset, prepare_data, train_dataset
+
+SCORE = "val_t2v_recall_at_1"
+
+
+def fit(run: RunConfig, project_dir: Path | None = None) -> dict[str, float]:
+    """Train `run`, or resume it when a run of that name already has storage; returns the test metrics."""
+    data = prepare_data(run.data, run.model.frames_per_group)
+    for split in ("train", "val"):
+        if split not in data.splits:
+            raise ValueError(
+                f"the manifest {run.data.manifest} has no {split} split; see promptswitch data prepare"
+            )
+    uri = resolve_tracking_uri(run.tracking.tracking_uri, project_dir or Path.cwd())
+    resuming = (Path(run.storage_path) / run.name).exists()
+    run_id = find_run_by_name(uri, run.tracking.experiment, run.name) if resuming else None
+    tracker = Tracker.start(uri, run.tracking.experiment, run.name, run_id, params=flatten_config(run))
+    if run_id is None:
+        tracker.log_text(dump_config(run), "config.yaml")
+    tracker.log_dict_artifact(data.report.as_dict(), "bad_videos.json")
+    print(f"MLflow run {tracker.run_id} ({'resumed' if run_id else 'new'}) at {uri}", flush=True)
+
+    steps_per_epoch = len(data.splits["train"].captions) // run.train.batch_size
+    total_steps = min(run.train.max_steps or 2**62, run.train.epochs * steps_per_epoch)
+    if total_steps < 1:
+        raise ValueError(f"train.batch_size={run.train.batch_size} is larger than the training set")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "run": config_to_dict(run),
+            "total_steps": total_steps,
+            "tracking_uri": uri,
+            "mlflow_run_id": tracker.run_id,
+            "eval_splits": ["val"],
+            "val_captions": data.splits["val"].captions.select(["video_index", "caption"]),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=run.train.num_workers,
+            use_gpu=run.train.use_gpu,
+            resources_per_worker={"CPU": run.train.cpus_per_worker}
+            | ({"GPU": 1} if run.train.use_gpu else {}),
+        ),
+        run_config=ray.train.RunConfig(
+            name=run.name,
+            storage_path=str(Path(run.storage_path).absolute()),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=run.train.num_checkpoints,
+                checkpoint_score_attribute=SCORE,
+                checkpoint_score_order="max",
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=run.train.max_failures),
+        ),
+        datasets={
+            "train": train_dataset(data, run.data, run.model.frames_per_group),
+            "val": eval_dataset(data, run.data, run.model.frames_per_group, "val"),
+        },
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    best = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
+    metrics = {}
+    if "test" in data.splits:
+        test = score_checkpoint(best, run, data, "test")
+        metrics = {f"test_{k}": v for k, v in test.items()}
+        tracker.log_metrics(metrics, total_steps)
+        print("\ntest (best checkpoint by validation t2v R@1):\n" + format_metrics_table(test), flush=True)
+    tracker.log_dict_artifact(metrics | (result.metrics or {}), "final_metrics.json")
+    curves = ("loss", "loss_contrastive", "loss_caption", "val_t2v_recall_at_1", "val_v2t_recall_at_1")
+    tracker.log_plots(tracker.metric_history(*curves), metrics)
+    with best.as_directory() as folder:
+        log_best_model(
+            tracker,
+            Path(folder) / "model.safetensors",
+            dump_config(run),
+            run.tracking.register_as,
+            run.tracking.alias,
+        )
+    tracker.finish("FINISHED")
+    print(f"\nMLflow run {tracker.run_id}: `make mlflow-ui`, then open http://127.0.0.1:5000", flush=True)
+    print(json.dumps(metrics, indent=1), flush=True)
+    return metrics

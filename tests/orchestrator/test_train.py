@@ -1,0 +1,144 @@
+"""End to end on local Ray with real MLflow: the demo job cut to a few steps, a stopped and resumed driver."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.synth import write_synthetic_dataset
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synth"), videos=24, seed=11, frames=24, size=64)
+
+
+def command(manifest, tmp_path, name, *overrides):
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "demo.yaml"),
+        f"name={name}",
+        f"data.manifest={manifest}",
+        f"storage_path={tmp_path / 'runs'}",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "train.batch_size=8",
+        "train.cpus_per_worker=0.5",
+        "train.log_every_steps=1",
+        *overrides,
+    ]
+
+
+def runs_named(tmp_path, name):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("promptswitch-demo")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`mlflow.runName` = '{name}'")
+    return client, runs
+
+
+@pytest.mark.slow
+def test_a_short_training_logs_everything_to_mlflow(manifest, tmp_path):
+    result = subprocess.run(
+        command(manifest, tmp_path, "short", "train.max_steps=4", "train.eval_every_steps=2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "step 4/4" in result.stdout and "test (best checkpoint" in result.stdout
+
+    client, runs = runs_named(tmp_path, "short")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.batch_size"] == "8" and run.data.params["model.name"] == "tiny"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    for name in (
+        "loss_contrastive",
+        "loss_caption",
+        "lr_clip",
+        "lr_new",
+        "logit_scale",
+        "samples_per_second",
+        "data_wait_fraction",
+    ):
+        assert client.get_metric_history(run.info.run_id, name), name
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_t2v_recall_at_1")] == [2, 4]
+    for direction in ("t2v", "v2t"):
+        for key in ("recall_at_1", "recall_at_5", "recall_at_10", "median_rank", "mean_rank"):
+            assert f"test_{direction}_{key}" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "bad_videos.json", "final_metrics.json"} <= artifacts
+    assert any(p.endswith(".png") for p in artifacts) or any(
+        a.path.endswith(".png") for d in artifacts for a in client.list_artifacts(run.info.run_id, d)
+    )
+    final = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "final_metrics.json", str(tmp_path))).read_text()
+    )
+    assert final["test_t2v_recall_at_1"] == run.data.metrics["test_t2v_recall_at_1"]
+
+
+@pytest.mark.slow
+def test_a_stopped_driver_resumes_from_its_checkpoint_in_the_same_mlflow_run(manifest, tmp_path):
+    args = command(manifest, tmp_path, "resume", "train.max_steps=12", "train.eval_every_steps=3")
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    deadline = time.time() + 400
+    storage = tmp_path / "runs" / "resume"
+    while not list(storage.glob("checkpoint_*/state.json")) and time.time() < deadline:
+        assert first.poll() is None, first.stdout.read()[-3000:]
+        time.sleep(1)
+    first.send_signal(signal.SIGINT)  # a user's Ctrl-C
+    try:
+        first.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        first.kill()
+        first.wait()
+    checkpointed = max(json.loads(p.read_text())["step"] for p in storage.glob("checkpoint_*/state.json"))
+    assert 3 <= checkpointed < 12
+
+    second = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed" in second.stdout
+
+    client, runs = runs_named(tmp_path, "resume")
+    assert len(runs) == 1, "the resumed job must continue the same MLflow run"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    assert max(steps) == 12
+    assert min(s for s in steps if s > checkpointed) == checkpointed + 1  # continues after the checkpoint
+    assert runs[0].info.status == "FINISHED"
+
+
+def test_configuration_errors_name_the_key_before_ray_starts(manifest, tmp_path):
+    started = time.time()
+    bad = subprocess.run(
+        command(manifest, tmp_path, "bad", "train.precision=fp8"), capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2
+    assert "train.precision='fp8'" in bad.stderr and "fp32, bf16, fp16" in bad.stderr
+    unknown = subprocess.run(
+        command(manifest, tmp_path, "bad", "train.learning_rate=1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert unknown.returncode == 2 and "train.learning_rate" in unknown.stderr and "new_lr" in unknown.stderr
+    assert "Traceback" not in bad.stderr + unknown.stderr
+    assert not (tmp_path / "runs").exists()
+    assert time.time() - started < 60
+
+
+def test_print_config_shows_the_resolved_values(manifest, tmp_path):
+    shown = subprocess.run(
+        command(manifest, tmp_path, "shown", "--print-config"), capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"manifest: {manifest}" in shown.stdout and "batch_size: 8" in shown.stdout
