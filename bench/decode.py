@@ -1,23 +1,26 @@
 """Video decoding throughput: the Ray Data pipeline against bare readers, and the cache against raw files.
 
-On the same synthetic H.264 mp4s at each resolution, measured in the same run (these machines are noisy):
+On the same synthetic H.264 mp4s at each resolution, every method measured in the same run (these machines
+are shared and noisy), interleaved, best of --repeats:
 
   (a) the evaluation path on local Ray with every core: `prepare_data` (its scan timed on its own), then
-      `eval_dataset` iterated to completion: 2 groups of T frames, decord with the decoder scaling to
-      `cache_short_side`, eval_transform to `image_size`; for each `--batch-sizes` (decode_batch_size);
+      `eval_dataset` iterated to completion: 2 groups of T frames (`frame_indices`), decord with the decoder
+      scaling to `cache_short_side`, eval_transform to `image_size`; once per --batch-sizes value;
   (b) the "ideal" baseline: a multiprocessing Pool, one process per core, each video decord VideoReader +
       get_batch of the same indices + the same eval_transform;
   (c) OpenCV seek-per-frame as the official Prompt Switch / X-Pool loaders read videos (cap.set
       CAP_PROP_POS_FRAMES + cap.read per index), same indices and transform, same Pool;
   (d) one training epoch (`train_dataset`: T frames, random crops, shuffled) from the raw files against
-      from the preprocessing cache, for each cache format (jpeg, raw); the cache build timed on its own.
+      from the preprocessing cache, for each cache format; the cache build timed on its own.
 
-Two diagnostics explain the gaps: the pipeline's own per-video code (`read_sampled_frames` + eval_transform)
-in the same Pool without Ray, the extra open + first-frame decode that `open_video(short_side=...)` does
-to learn the native size, and the fixed cost of a Ray Data execution with a do-nothing UDF.
+Diagnostics that explain the gaps: the pipeline's own per-video code in the Pool (no Ray), the extra open +
+frame-0 decode of `open_video(short_side=...)`, (b) with the indices in decode order, a Ray Data run with a
+do-nothing UDF (the fixed cost), and a timeline of the pipeline's Ray tasks. Every row also reports the CPU
+seconds per video of this benchmark's processes (driver, Pool, all of Ray) and the load from everything
+else on the machine during the run: CPU per video barely moves with outside load; wall time does.
 
-    .venv/bin/python bench/decode.py [--videos 48] [--resolutions 240,720] [--seconds 10] [--frames 6]
-        [--batch-sizes 4,8] [--repeats 2] [--workdir DIR] [--keep]
+    .venv/bin/python bench/decode.py [--videos 48,24] [--resolutions 240,720] [--seconds 10] [--frames 6]
+        [--batch-sizes 4,8] [--gop SECONDS] [--repeats 2] [--workdir DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 
 A_VS_B = 0.8  # (a) at least 0.8x the videos/s of bare decord
@@ -53,7 +57,7 @@ def synthetic_frames(index: int, width: int, height: int, num_frames: int) -> np
 
     The flat synthetic videos compress to almost nothing, which would make decoding unrealistically cheap;
     a textured background (smooth blobs plus fine grain) that pans a few pixels a frame gives the encoder
-    real residuals and motion vectors: about 0.55 Mbit/s at 240p and 3-4 Mbit/s at 720p (crf 23).
+    real residuals and motion vectors: about 0.45 Mbit/s at 240p and 3-4 Mbit/s at 720p (crf 23).
     """
     import cv2
 
@@ -61,13 +65,13 @@ def synthetic_frames(index: int, width: int, height: int, num_frames: int) -> np
 
     rng = np.random.default_rng(index)
     specs = all_specs()
-    pan = max(1, height // 240)  # pixels per frame, the same apparent speed at every resolution
+    pan = max(1, height // 240)  # pixels per frame: the same apparent speed at every resolution
     wide = width + pan * num_frames
     coarse = rng.integers(0, 256, (height // 16 + 2, wide // 16 + 2, 3), dtype=np.uint8)
     texture = cv2.resize(coarse, (wide, height), interpolation=cv2.INTER_CUBIC) // 2 + 64
     grain = rng.integers(-24, 25, (height, wide, 1), dtype=np.int16)
     texture = np.clip(texture.astype(np.int16) + grain, 0, 255).astype(np.uint8)
-    small = render(specs[index % len(specs)], num_frames, max(32, height // 4))  # upscaled: cheap to draw
+    small = render(specs[index % len(specs)], num_frames, max(32, height // 4))  # drawn small: cheap
     left = (width - height) // 2
     out = np.empty((num_frames, height, width, 3), np.uint8)
     for t in range(num_frames):
@@ -79,39 +83,45 @@ def synthetic_frames(index: int, width: int, height: int, num_frames: int) -> np
 
 
 @contextlib.contextmanager
-def fast_x264():
-    """Let write_video's libx264 use its SIMD code (and the common crf 23, preset veryfast).
+def fast_x264(keyint: int | None):
+    """Let write_video's libx264 use its SIMD code, at the common crf 23 / preset veryfast.
 
     write_video turns x264's assembly off for byte-identical files across runs, which makes 720p encoding
     several times slower; this benchmark needs the same files for every method within one run, not across
-    runs. Only this process's encoder options change, and only inside the block.
+    runs. `keyint` (frames) replaces write_video's one key frame a second. Only this process's encoder
+    options change, and only inside the block.
     """
     import pipelines.synth as synth
 
     saved = synth._X264_OPTIONS
     synth._X264_OPTIONS = {"crf": "23", "preset": "veryfast", "threads": "1"}
+    if keyint:
+        synth._X264_OPTIONS["x264-params"] = f"keyint={keyint}:scenecut=0"
     try:
         yield
     finally:
         synth._X264_OPTIONS = saved
 
 
-def _write_one(job: tuple[str, int, int, int, int, int]) -> None:
+def _write_one(job: tuple) -> None:
     from pipelines.synth import write_video
 
-    path, index, width, height, num_frames, fps = job
+    path, index, width, height, num_frames, fps, keyint = job
     partial_path = Path(path).with_suffix(".part")  # renamed when whole: a crash never leaves a short file
-    with fast_x264():
+    with fast_x264(keyint):
         write_video(partial_path, synthetic_frames(index, width, height, num_frames), fps)
     os.replace(partial_path, path)
 
 
-def generate(folder: Path, count: int, width: int, height: int, num_frames: int, fps: int, pool) -> list[str]:
+def generate(folder: Path, count: int, width: int, height: int, args, pool) -> list[str]:
     """The videos in `folder`, written in parallel; files already there (from --workdir --keep) are reused."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [str(folder / f"v{i:03d}_{width}x{height}_{num_frames}f_{fps}fps.mp4") for i in range(count)]
-    jobs = [(p, i, width, height, num_frames, fps) for i, p in enumerate(paths) if not Path(p).is_file()]
-    list(pool.imap_unordered(_write_one, jobs, chunksize=1))
+    num_frames = round(args.seconds * args.fps)
+    keyint = round(args.gop * args.fps) if args.gop else None
+    tag = f"{width}x{height}_{num_frames}f_{args.fps}fps_gop{keyint or args.fps}"
+    paths = [str(folder / f"v{i:03d}_{tag}.mp4") for i in range(count)]
+    jobs = [(p, i, width, height, num_frames, args.fps, keyint) for i, p in enumerate(paths)]
+    list(pool.imap_unordered(_write_one, [j for j in jobs if not Path(j[0]).is_file()], chunksize=1))
     return paths
 
 
@@ -130,12 +140,12 @@ def write_bench_manifest(paths: list[str], out: Path) -> Path:
     return out
 
 
-# ------------------------------------------------------------- per-video work of the Pool baselines
+# -------------------------------------------------------------- per-video work of the Pool baselines
 # Each returns the (F, 3, S, S) uint8 frames, so the Pool ships them back as the pipeline delivers its own.
 
 
 def _pool_init() -> None:
-    # Ray runs each task with OMP_NUM_THREADS=1; match it, so that every column uses one thread per core.
+    # Ray runs each task with OMP_NUM_THREADS=1 (torch: 1 thread); match it, one thread per process.
     import cv2
     import torch
 
@@ -143,7 +153,7 @@ def _pool_init() -> None:
     cv2.setNumThreads(1)
 
 
-def bare_decord(path: str, frames: int) -> np.ndarray:
+def bare_decord(path: str, frames: int, decode_order: bool = False) -> np.ndarray:
     import decord
 
     from pipelines.sampling import frame_indices
@@ -151,7 +161,12 @@ def bare_decord(path: str, frames: int) -> np.ndarray:
 
     vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)  # the pipeline's decoder threads too
     idx = frame_indices(len(vr), frames, EVAL_GROUPS)
-    return eval_transform(vr.get_batch(idx.tolist()).asnumpy(), IMAGE_SIZE)
+    if not decode_order:
+        return eval_transform(vr.get_batch(idx.tolist()).asnumpy(), IMAGE_SIZE)
+    # Diagnostic: the same frames asked for in file order, then put back in frame_indices' group-major order.
+    order = np.argsort(idx, kind="stable")
+    decoded = vr.get_batch(idx[order].tolist()).asnumpy()
+    return eval_transform(decoded[np.argsort(order)], IMAGE_SIZE)
 
 
 def opencv_seek(path: str, frames: int, threads: int) -> np.ndarray:
@@ -177,7 +192,7 @@ def opencv_seek(path: str, frames: int, threads: int) -> np.ndarray:
 
 
 def pipeline_reader(path: str, frames: int) -> np.ndarray:
-    """What `_decode_batch` does for one eval video, without Ray: open_video(short_side) + read + transform."""
+    """What `_decode_batch` does per eval video, without Ray: open_video(short_side) + read + transform."""
     from pipelines.dataset import read_sampled_frames
     from pipelines.sampling import frame_indices
     from pipelines.transforms import eval_transform
@@ -198,33 +213,87 @@ def first_frame(path: str) -> int:
 # ------------------------------------------------------------------------------------------------ timing
 
 
+def _machine_busy_s() -> float:
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _our_cpu_s() -> float:
+    """CPU seconds of this process and all its descendants: the Pool, and Ray's GCS, raylet and workers."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a process may end while we look
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float  # this benchmark's processes
+    other: float  # everything else on the machine, in CPU seconds
+
+
+def measure(fn) -> tuple[Sample, object]:
+    ours, busy, start = _our_cpu_s(), _machine_busy_s(), time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - start
+    ours = _our_cpu_s() - ours
+    return Sample(wall, ours, max(0.0, _machine_busy_s() - busy - ours)), result
+
+
 @dataclass
 class Timing:
     label: str
     videos: int
-    seconds: list[float] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+
+    def add(self, fn):
+        sample, result = measure(fn)
+        self.samples.append(sample)
+        return result
 
     @property
-    def best(self) -> float:  # the least disturbed run: other load on a shared machine only adds time
-        return min(self.seconds)
+    def best(self) -> Sample:  # the least disturbed run: outside load only ever adds time
+        return min(self.samples, key=lambda s: s.wall)
 
     @property
     def rate(self) -> float:
-        return self.videos / self.best
+        return self.videos / self.best.wall
 
-    def runs(self) -> str:
-        return " / ".join(f"{s:.2f}" for s in self.seconds)
+    @property
+    def cpu_per_video(self) -> float:
+        return statistics.median(s.cpu for s in self.samples) / self.videos
+
+    @property
+    def other_cores(self) -> float:
+        return statistics.mean(s.other / s.wall for s in self.samples)
+
+    def row(self, ref: Timing, flip: bool = False) -> str:
+        runs = " / ".join(f"{s.wall:.2f}" for s in self.samples)
+        ratio = ref.best.wall / self.best.wall if flip else self.rate / ref.rate
+        return (
+            f"| {self.label:46s} | {runs:13s} | {self.rate:8.1f} | {ratio:6.2f} | "
+            f"{self.cpu_per_video * 1000:12.0f} | {self.other_cores:18.2f} |"
+        )
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
+HEADER = (
+    "| {:46s} | wall s (runs) | videos/s | {:>6s} | CPU ms/video | other load (cores) |\n"
+    "|{}|---------------|---------:|-------:|------------:|-------------------:|"
+)
 
 
-def pool_run(pool, fn, paths: list[str]):
-    # chunksize 1: a slow video never holds up a queue of others behind it
-    return list(pool.imap(fn, paths, chunksize=1))
+def pool_run(pool, fn, paths: list[str]) -> list:
+    return list(pool.imap(fn, paths, chunksize=1))  # chunks of 1: no slow video holds others up
+
+
+def iterate(ds) -> int:
+    """Consume a dataset as a trainer would (numpy batches), and count its rows."""
+    return sum(len(b["video_index"]) for b in ds.iter_batches(batch_size=32, batch_format="numpy"))
 
 
 def _passthrough(batch: dict) -> dict:
@@ -237,20 +306,48 @@ def _import_pipeline(batch: dict) -> dict:
     return batch
 
 
-def iterate(ds) -> int:
-    """Consume a dataset as a trainer would (numpy batches), and count its rows."""
-    return sum(len(b["video_index"]) for b in ds.iter_batches(batch_size=32, batch_format="numpy"))
-
-
 def ray_floor(rows: pa.Table, batch_size: int, shuffle: bool, udf=_passthrough):
-    """The same block layout and (for training) shuffle as the pipeline's datasets, with a do-nothing UDF."""
+    """The block layout (and for training the shuffle) of the pipeline's datasets, with a do-nothing UDF."""
     import ray.data
 
-    blocks = [rows.slice(i, batch_size) for i in range(0, len(rows), batch_size)]
-    ds = ray.data.from_arrow(blocks)
+    ds = ray.data.from_arrow([rows.slice(i, batch_size) for i in range(0, len(rows), batch_size)])
     if shuffle:
         ds = ds.random_shuffle()
     return ds.map_batches(udf, batch_size=batch_size)
+
+
+def _traced_decode(batch: dict, **options) -> dict:
+    """The pipeline's eval UDF, stamped with where and when it ran (diagnostic; uses the private UDF)."""
+    from pipelines.dataset import _decode_batch
+
+    start, cpu = time.time(), time.process_time()
+    out = _decode_batch(batch, **options)
+    stamp = [os.getpid(), start, time.time(), time.process_time() - cpu]
+    out["trace"] = np.tile(np.asarray(stamp, dtype=np.float64), (len(out["video_index"]), 1))
+    return out
+
+
+def ray_timeline(data, config, frames: int) -> str:
+    """Run the eval dataset's tasks once more, traced: how long each worker sat idle between its tasks."""
+    from pipelines.dataset import _decode_options
+
+    rows = data.splits["test"].videos.select(["video_index", "video_path"])
+    options = _decode_options(data, config, frames, train=False)
+    ds = ray_floor(rows, config.decode_batch_size, shuffle=False, udf=partial(_traced_decode, **options))
+    start = time.time()
+    tasks = {tuple(t) for b in ds.iter_batches(batch_size=None) for t in b["trace"].tolist()}
+    wall = time.time() - start
+    gaps = []
+    for pid in {t[0] for t in tasks}:
+        mine = sorted(t for t in tasks if t[0] == pid)  # by start time
+        gaps += [b[1] - a[2] for a, b in zip(mine, mine[1:], strict=False)]
+    run = sum(t[2] - t[1] for t in tasks)
+    return (
+        f"Ray timeline of (a), decode_batch_size={config.decode_batch_size}: {len(tasks)} tasks on "
+        f"{len({t[0] for t in tasks})} workers in {wall:.2f} s; between a worker's tasks it sat idle "
+        f"{statistics.median(gaps) if gaps else 0:.2f} s (median), {sum(gaps):.2f} worker-s in all; "
+        f"tasks ran {run:.2f} worker-s, {sum(t[3] for t in tasks):.2f} of them on a CPU"
+    )
 
 
 def folder_bytes(path: Path) -> int:
@@ -258,7 +355,7 @@ def folder_bytes(path: Path) -> int:
 
 
 def cache_read_ms(data, paths: list[str], frames: int) -> float:
-    """Median ms for one CacheReader.read of `frames` random frames, in this process (why one format wins)."""
+    """Median ms of one CacheReader.read of `frames` random frames, in this process (why one format wins)."""
     from pipelines.cache import open_cache
     from pipelines.sampling import frame_indices
 
@@ -267,24 +364,30 @@ def cache_read_ms(data, paths: list[str], frames: int) -> float:
     times = []
     for path in paths:
         idx = frame_indices(reader.num_frames(path), frames, 1, rng=rng)
-        times.append(timed(lambda p=path, i=idx: reader.read(p, i))[0] * 1000)
+        start = time.perf_counter()
+        reader.read(path, idx)
+        times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
 
 # --------------------------------------------------------------------------------------------- benchmark
 
 
-def bench_resolution(args, height: int, count: int, workdir: Path, pool) -> dict:
+def bench_resolution(args, height: int, count: int, workdir: Path, pool) -> list[str]:
+    """Measure one resolution, print its tables, return its PASS/FAIL lines."""
     from pipelines.config import DataConfig
     from pipelines.dataset import eval_dataset, prepare_data, train_dataset
 
     width = int(height * 16 / 9) // 2 * 2  # 426x240, 1280x720
-    num_frames = round(args.seconds * args.fps)
-    print(f"\n## {width}x{height}: {count} videos of {num_frames} frames at {args.fps} fps", flush=True)
-    gen_s, paths = timed(lambda: generate(workdir / f"{height}p", count, width, height, num_frames, args.fps, pool))
-    mp4_bytes = sum(os.path.getsize(p) for p in paths)
-    mbps = mp4_bytes * 8 / (count * args.seconds) / 1e6
-    print(f"videos ready in {gen_s:.0f} s: {mp4_bytes / 1e6:.1f} MB, {mbps:.2f} Mbit/s", flush=True)
+    res = f"{width}x{height}"
+    print(f"\n## {res}: {count} videos, {args.seconds:g} s at {args.fps} fps", flush=True)
+    gen_s, paths = measure(lambda: generate(workdir / f"{height}p", count, width, height, args, pool))
+    mp4_mb = sum(os.path.getsize(p) for p in paths) / 1e6
+    print(
+        f"videos ready in {gen_s.wall:.0f} s: {mp4_mb:.1f} MB, {mp4_mb * 8 / (count * args.seconds):.2f} "
+        f"Mbit/s, a key frame every {args.gop or 1:g} s",
+        flush=True,
+    )
     manifest = write_bench_manifest(paths, workdir / f"manifest-{height}p.parquet")
     config = DataConfig(manifest=str(manifest), image_size=IMAGE_SIZE, cache_short_side=IMAGE_SIZE)
     T = args.frames
@@ -295,122 +398,103 @@ def bench_resolution(args, height: int, count: int, workdir: Path, pool) -> dict
         pool_run(pool, fn, warm)
     pool_run(pool, partial(opencv_seek, frames=T, threads=args.cv_threads), warm)
 
-    # prepare_data without a cache scans every video (probe + eval frames) on Ray: timed on its own.
-    scan = Timing("prepare_data scan (Ray)", count)
-    for _ in range(args.repeats):
-        seconds, data = timed(lambda: prepare_data(config, T))
-        scan.seconds.append(seconds)
-    assert not data.report.bad, data.report.as_dict()
-
-    test_rows = data.splits["test"].videos.select(["video_index", "video_path"])
+    scan = Timing("prepare_data scan (Ray: probe + eval frames)", count)
     evals = {bs: Timing(f"(a) pipeline eval, Ray, decode_batch_size={bs}", count) for bs in args.batch_sizes}
-    floors = {bs: Timing(f"Ray Data floor: no-op UDF, batch {bs}", count) for bs in args.batch_sizes}
     bare = Timing("(b) bare decord, Pool", count)
-    cv = Timing(f"(c) OpenCV seek per frame, Pool ({args.cv_threads} thread)", count)
+    cv = Timing(f"(c) OpenCV seek per frame, Pool, {args.cv_threads} thread", count)
     reader = Timing("pipeline reader, Pool, no Ray", count)
-    opens = Timing("  of which open + frame 0 (size probe)", count)
-    for _ in range(args.repeats):  # interleaved, so that a burst of outside load hits every method alike
+    opens = Timing("open + decode frame 0 only, Pool", count)
+    in_order = Timing("(b) with indices in decode order, Pool", count)
+    floors = {bs: Timing(f"Ray Data, no-op UDF, batch {bs}", count) for bs in args.batch_sizes}
+    test_rows = pa.table({"video_index": np.arange(count)})
+    for _ in range(args.repeats):  # interleaved: a burst of outside load hits every method alike
+        data = scan.add(lambda: prepare_data(config, T))
+        assert not data.report.bad, data.report.as_dict()
         for bs in args.batch_sizes:
             cfg = replace(config, decode_batch_size=bs)
-            seconds, rows = timed(lambda c=cfg: iterate(eval_dataset(data, c, T, "test")))
+            rows = evals[bs].add(lambda c=cfg, d=data: iterate(eval_dataset(d, c, T, "test")))
             assert rows == count, f"eval_dataset gave {rows} of {count} videos"
-            evals[bs].seconds.append(seconds)
-            floors[bs].seconds.append(timed(lambda b=bs: iterate(ray_floor(test_rows, b, shuffle=False)))[0])
-        bare.seconds.append(timed(lambda: pool_run(pool, partial(bare_decord, frames=T), paths))[0])
-        reader.seconds.append(timed(lambda: pool_run(pool, partial(pipeline_reader, frames=T), paths))[0])
-        opens.seconds.append(timed(lambda: pool_run(pool, first_frame, paths))[0])
-        cv_fn = partial(opencv_seek, frames=T, threads=args.cv_threads)
-        cv.seconds.append(timed(lambda f=cv_fn: pool_run(pool, f, paths))[0])
-    best_bs = min(args.batch_sizes, key=lambda bs: evals[bs].best)
+            floors[bs].add(lambda b=bs: iterate(ray_floor(test_rows, b, shuffle=False)))
+        bare.add(lambda: pool_run(pool, partial(bare_decord, frames=T), paths))
+        cv.add(lambda: pool_run(pool, partial(opencv_seek, frames=T, threads=args.cv_threads), paths))
+        reader.add(lambda: pool_run(pool, partial(pipeline_reader, frames=T), paths))
+        opens.add(lambda: pool_run(pool, first_frame, paths))
+        in_order.add(lambda: pool_run(pool, partial(bare_decord, frames=T, decode_order=True), paths))
+    best_bs = min(args.batch_sizes, key=lambda bs: evals[bs].best.wall)
+    best = evals[best_bs]
+    timeline = ray_timeline(data, replace(config, decode_batch_size=best_bs), T)
 
-    # Same frames from every reader? OpenCV seeks by timestamp; a wrong frame would show as a large diff.
-    ref = bare_decord(paths[0], T).astype(np.int16)
-    agree = {
-        "(c) OpenCV": np.abs(opencv_seek(paths[0], T, 1).astype(np.int16) - ref).mean(),
-        "pipeline (decoder-scaled)": np.abs(pipeline_reader(paths[0], T).astype(np.int16) - ref).mean(),
-    }
+    print(f"\n### {res}: evaluation path, {EVAL_GROUPS} x {T} frames -> {IMAGE_SIZE} px, {count} videos\n")
+    print(HEADER.format("method", "vs (b)", "-" * 48))
+    for t in (scan, *evals.values(), bare, cv, reader, opens, in_order, *floors.values()):
+        print(t.row(bare))
+    print(f"\n{timeline}")
+    ref = bare_decord(paths[0], T).astype(np.int16)  # OpenCV seeks by time stamp: a wrong frame shows here
+    diff_cv = np.abs(opencv_seek(paths[0], T, 1).astype(np.int16) - ref).mean()
+    diff_pipe = np.abs(pipeline_reader(paths[0], T).astype(np.int16) - ref).mean()
+    print(
+        f"frames of the first video against (b), mean |difference| in uint8 levels: (c) {diff_cv:.2f}, "
+        f"pipeline (decoder-scaled) {diff_pipe:.2f}"
+    )
 
-    # (d) an epoch of training data: raw files against each cache format, with the pipeline's tuned batch.
+    # (d) a training epoch from the raw files against each cache format, at the tuned decode_batch_size.
     train_cfg = replace(config, decode_batch_size=best_bs)
-    train_rows = data.splits["train"].captions.select(["video_index", "video_path", "caption"])
-    epochs = {"raw files": Timing("(d) train epoch from raw files", count)}
-    builds, sizes, reads, cached = {}, {}, {}, {}
+    epochs = {"files": Timing("(d) train epoch from the raw files", count)}
+    builds, cached = {}, {}
     for fmt in args.cache_formats:
         cache_cfg = replace(train_cfg, cache_dir=str(workdir / f"cache-{height}p-{fmt}"), cache_format=fmt)
-        shutil.rmtree(cache_cfg.cache_dir, ignore_errors=True)  # a --keep'd cache would be a free build
-        builds[fmt], cached[fmt] = timed(lambda c=cache_cfg: prepare_data(c, T))
+        shutil.rmtree(cache_cfg.cache_dir, ignore_errors=True)  # a kept cache would make the build free
+        builds[fmt] = Timing(f"cache build, {fmt} (prepare_data)", count)
+        cached[fmt] = builds[fmt].add(lambda c=cache_cfg: prepare_data(c, T))
         assert not cached[fmt].cache.hit and not cached[fmt].report.bad
-        sizes[fmt] = folder_bytes(cached[fmt].cache.path)
-        reads[fmt] = cache_read_ms(cached[fmt], paths, T)
-        epochs[fmt] = Timing(f"(d) train epoch from {fmt} cache", count)
-    train_floor = Timing(f"Ray Data floor: shuffle + no-op UDF, batch {best_bs}", count)
+        epochs[fmt] = Timing(f"(d) train epoch from the {fmt} cache", count)
+    train_floor = Timing(f"Ray Data, shuffle + no-op UDF, batch {best_bs}", count)
+    train_rows = pa.table({"video_index": np.arange(count)})
     for _ in range(args.repeats):
         for key, timing in epochs.items():
-            prepared = data if key == "raw files" else cached[key]
-            seconds, rows = timed(lambda p=prepared: iterate(train_dataset(p, train_cfg, T)))
+            prepared = data if key == "files" else cached[key]
+            rows = timing.add(lambda p=prepared: iterate(train_dataset(p, train_cfg, T)))
             assert rows == count, f"train_dataset gave {rows} of {count} samples"
-            timing.seconds.append(seconds)
-        train_floor.seconds.append(timed(lambda: iterate(ray_floor(train_rows, best_bs, shuffle=True)))[0])
-    for fmt in args.cache_formats:
-        shutil.rmtree(cached[fmt].cache.path.parent, ignore_errors=True)
+        train_floor.add(lambda: iterate(ray_floor(train_rows, best_bs, shuffle=True)))
 
-    return {
-        "res": f"{width}x{height}",
-        "height": height,
-        "count": count,
-        "mbps": mbps,
-        "mp4_mb": mp4_bytes / 1e6,
-        "scan": scan,
-        "evals": evals,
-        "floors": floors,
-        "best_bs": best_bs,
-        "bare": bare,
-        "reader": reader,
-        "opens": opens,
-        "cv": cv,
-        "agree": agree,
-        "epochs": epochs,
-        "train_floor": train_floor,
-        "builds": builds,
-        "sizes": sizes,
-        "reads": reads,
-    }
+    raw = epochs["files"]
+    print(f"\n### {res}: one training epoch, {T} frames, decode_batch_size={best_bs}, {count} samples\n")
+    print(HEADER.format("method", "vs raw", "-" * 48))
+    for t in (*epochs.values(), train_floor, *builds.values()):
+        print(t.row(raw, flip=True))
+    print(f"\n| cache format | size MB (mp4s: {mp4_mb:.1f}) | read of {T} frames, ms | build / epoch saved |")
+    print("|--------------|---------------:|----------------------:|--------------------:|")
+    for fmt, prepared in cached.items():
+        saved = raw.best.wall - epochs[fmt].best.wall
+        payoff = f"{builds[fmt].best.wall / saved:.1f} epochs" if saved > 0 else "never"
+        print(
+            f"| {fmt:12s} | {folder_bytes(prepared.cache.path) / 1e6:14.1f} | "
+            f"{cache_read_ms(prepared, paths, T):21.1f} | {payoff:>19s} |"
+        )
+        shutil.rmtree(prepared.cache.path.parent, ignore_errors=True)
 
+    def verdict(ok: bool, text: str) -> str:
+        return f"{'PASS' if ok else 'FAIL'} [{res}]: {text}"
 
-def report(r: dict, verdicts: list[str]) -> None:
-    bare = r["bare"]
-    best = r["evals"][r["best_bs"]]
-    print(f"\n### {r['res']}, {r['count']} videos, {r['mbps']:.2f} Mbit/s, eval {EVAL_GROUPS} x 6 frames")
-    print("\n| eval path (12 frames -> 224)                | s (runs)        | videos/s | vs (b) |")
-    print("|---------------------------------------------|-----------------|---------:|-------:|")
-    rows = [r["scan"], *r["evals"].values(), bare, r["cv"], r["reader"], r["opens"], *r["floors"].values()]
-    for t in rows:
-        print(f"| {t.label:43s} | {t.runs():15s} | {t.rate:8.1f} | {t.rate / bare.rate:6.2f} |")
-    agree = ", ".join(f"{k} {v:.2f}" for k, v in r["agree"].items())
-    print(f"\nmean |difference| of the first video's frames against (b), in uint8 levels: {agree}")
-
-    raw = r["epochs"]["raw files"]
-    print("\n| train epoch (6 frames, random crop)      | s (runs)        | videos/s | vs raw | build s | size MB |"
-          " read ms |")
-    print("|------------------------------------------|-----------------|---------:|-------:|--------:|--------:|"
-          "--------:|")
-    for key, t in [*r["epochs"].items(), ("floor", r["train_floor"])]:
-        build = f"{r['builds'][key]:7.1f}" if key in r["builds"] else "      —"
-        size = f"{r['sizes'][key] / 1e6:7.1f}" if key in r["sizes"] else f"{r['mp4_mb']:7.1f}" if key == "raw files" else "      —"
-        read = f"{r['reads'][key]:7.1f}" if key in r["reads"] else "      —"
-        print(f"| {t.label:40s} | {t.runs():15s} | {t.rate:8.1f} | {raw.best / t.best:6.2f} | {build} | {size} | {read} |")
-
-    def verdict(ok: bool, text: str) -> None:
-        line = f"{'PASS' if ok else 'FAIL'} [{r['res']}]: {text}"
-        verdicts.append(line)
-
-    a_b = best.rate / bare.rate
-    verdict(a_b >= A_VS_B, f"(a) {best.rate:.1f} videos/s = {a_b:.2f}x (b) bare decord (want >= {A_VS_B})")
-    a_c = best.rate / r["cv"].rate
-    verdict(a_c >= A_VS_C, f"(a) = {a_c:.2f}x (c) OpenCV seek per frame (want >= {A_VS_C})")
-    for fmt in r["builds"]:
-        speedup = raw.best / r["epochs"][fmt].best
-        verdict(speedup >= CACHE_VS_RAW, f"(d) {fmt} cache epoch {speedup:.2f}x faster than raw (want >= {CACHE_VS_RAW})")
+    a_b, a_c = best.rate / bare.rate, best.rate / cv.rate
+    lines = [
+        verdict(
+            a_b >= A_VS_B, f"(a) {best.rate:.1f} videos/s = {a_b:.2f}x (b) bare decord (want >= {A_VS_B}x)"
+        ),
+        verdict(a_c >= A_VS_C, f"(a) = {a_c:.2f}x (c) OpenCV seek per frame (want >= {A_VS_C}x)"),
+    ]
+    for fmt in cached:
+        speedup = raw.best.wall / epochs[fmt].best.wall
+        lines.append(
+            verdict(
+                speedup >= CACHE_VS_RAW,
+                f"(d) an epoch from the {fmt} cache is {speedup:.2f}x "
+                f"faster than from the raw files (want >= {CACHE_VS_RAW}x)",
+            )
+        )
+    print()
+    print("\n".join(lines), flush=True)
+    return lines
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -418,22 +502,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         return [int(x) for x in text.split(",") if x]
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--videos", type=ints, default=[48], help="videos per resolution: one count, or one each")
-    p.add_argument("--resolutions", type=ints, default=[240, 720], help="frame heights; 16:9 frames")
+    p.add_argument("--videos", type=ints, default=[48, 24], help="videos per resolution (one, or one each)")
+    p.add_argument("--resolutions", type=ints, default=[240, 720], help="frame heights (16:9 frames)")
     p.add_argument("--seconds", type=float, default=10.0, help="video length")
     p.add_argument("--fps", type=int, default=24)
+    p.add_argument("--gop", type=float, default=0, help="seconds between key frames (0: write_video's 1 s)")
     p.add_argument("--frames", type=int, default=6, help="frames per group (eval: 2 groups)")
     p.add_argument("--batch-sizes", type=ints, default=[4, 8], help="decode_batch_size values for (a)")
     p.add_argument("--cache-formats", type=lambda s: s.split(","), default=["jpeg", "raw"])
     p.add_argument("--cv-threads", type=int, default=1, help="FFmpeg threads per OpenCV capture")
-    p.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the best counts")
-    p.add_argument("--workdir", type=Path, help="where videos and caches go (default: a temp dir)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the fastest counts")
+    p.add_argument("--workdir", type=Path, help="where videos and caches go (default: a new temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the videos (a later --workdir run reuses them)")
     args = p.parse_args(argv)
     if len(args.videos) == 1:
         args.videos *= len(args.resolutions)
     if len(args.videos) != len(args.resolutions):
-        p.error("--videos takes one count or one per resolution")
+        p.error("--videos takes one count, or one per resolution")
     return args
 
 
@@ -447,38 +532,40 @@ def main(argv=None) -> int:
 
     from orchestrator.ray_runtime import connect
 
+    start = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="decode-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count()
-    print(f"{cpus} CPUs; torch {torch.__version__}, decord {decord.__version__}, OpenCV {cv2.__version__}, "
-          f"ray {ray.__version__}; workdir {workdir}", flush=True)
-
-    logging.getLogger("ray").setLevel(logging.WARNING)
+    print(
+        f"{cpus} CPUs; torch {torch.__version__}, decord {decord.__version__}, OpenCV {cv2.__version__}, "
+        f"ray {ray.__version__}; workdir {workdir}",
+        flush=True,
+    )
     connect(num_cpus=cpus, object_store_mb=1024, dashboard=False)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" line per dataset
     # Ray starts its workers lazily and each imports the pipeline (about 5 s here): once, before timing.
-    rows = pa.table({"video_index": np.arange(4 * cpus)})
-    warm_s = timed(lambda: iterate(ray_floor(rows, 1, shuffle=False, udf=_import_pipeline)))[0]
-    print(f"Ray workers started and warmed in {warm_s:.1f} s", flush=True)
+    warm = measure(
+        lambda: iterate(
+            ray_floor(pa.table({"video_index": np.arange(4 * cpus)}), 1, False, udf=_import_pipeline)
+        )
+    )[0]
+    print(f"Ray workers started and warmed in {warm.wall:.1f} s", flush=True)
     # spawn, not fork: this process runs Ray's threads, which a forked child would inherit half-copied.
     pool = mp.get_context("spawn").Pool(cpus, initializer=_pool_init)
     verdicts: list[str] = []
-    start = time.perf_counter()
     try:
         for height, count in zip(args.resolutions, args.videos, strict=True):
-            report(bench_resolution(args, height, count, workdir, pool), verdicts)
+            verdicts += bench_resolution(args, height, count, workdir, pool)
     finally:
         pool.close()
         pool.join()
         ray.shutdown()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    for line in verdicts:
-        print(line)
+    print("\n" + "\n".join(verdicts))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0 if all(v.startswith("PASS") for v in verdicts) else 1
 

@@ -15,6 +15,8 @@ class DataConfig:
     image_size: int = 224  # crop fed to the model
     train_groups: int = 1  # groups of frames_per_group frames per training sample (SPEC: one)
     eval_groups: int = 2  # evaluation: two independent groups spanning the video
+    train_crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop's area range (SPEC 4.2)
+    train_flip_p: float = 0.5  # horizontal flip; 0 where captions name left and right (the synthetic data)
     max_bad_fraction: float = 0.01  # more bad videos than this fails the run, fewer are dropped and reported
     decode_batch_size: int = 8  # videos per Ray Data decode task
     cache_dir: str | None = None  # preprocessing cache root; None decodes the raw files every epoch
@@ -26,6 +28,14 @@ class DataConfig:
         require(self.image_size >= 16, "data.image_size", self.image_size, "an integer >= 16")
         require(self.train_groups >= 1, "data.train_groups", self.train_groups, "an integer >= 1")
         require(self.eval_groups >= 1, "data.eval_groups", self.eval_groups, "an integer >= 1")
+        low, high = self.train_crop_scale
+        require(
+            0 < low <= high <= 1,
+            "data.train_crop_scale",
+            self.train_crop_scale,
+            "[low, high] with 0 < low <= high <= 1",
+        )
+        require(0 <= self.train_flip_p <= 1, "data.train_flip_p", self.train_flip_p, "in [0, 1]")
         require(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "in [0, 1]")
         require(
             self.decode_batch_size >= 1, "data.decode_batch_size", self.decode_batch_size, "an integer >= 1"

@@ -186,6 +186,8 @@ def _decode_options(data: PreparedData, config: DataConfig, frames_per_group: in
         "short_side": config.cache_short_side,
         "train": train,
         "cache_path": str(data.cache.path) if data.cache else None,
+        "crop_scale": tuple(config.train_crop_scale),
+        "flip_p": config.train_flip_p,
     }
 
 
@@ -203,6 +205,8 @@ def _decode_batch(
     short_side: int,
     train: bool,
     cache_path: str | None,
+    crop_scale: tuple[float, float],
+    flip_p: float,
 ) -> dict[str, np.ndarray]:
     rng = np.random.default_rng() if train else None  # fresh entropy: a new draw every epoch
 
@@ -216,7 +220,10 @@ def _decode_batch(
         except VideoError as e:  # passed the scan but failed now: drop it, never the run
             log.warning("dropping video %s: %s", e.path, e.reason)
             continue
-        frames.append(train_transform(raw, size, rng) if train else eval_transform(raw, size))
+        if train:
+            frames.append(train_transform(raw, size, rng, scale=crop_scale, flip_p=flip_p))
+        else:
+            frames.append(eval_transform(raw, size))
         kept.append(i)
     out = {"video_index": batch["video_index"][kept]}
     out["frames"] = (

@@ -53,12 +53,20 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def train_transform(frames: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def train_transform(
+    frames: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    *,
+    scale: tuple[float, float] = TRAIN_SCALE,
+    flip_p: float = FLIP_P,
+) -> np.ndarray:
     """(F, H, W, 3) uint8 -> (F, 3, size, size) uint8: one random resized crop (bilinear, antialiased)
-    and one coin-flip horizontal flip, the same for every frame. Draws the crop, then the flip, from `rng`."""
+    and one horizontal flip with probability `flip_p`, the same for every frame. Draws the crop, then the
+    flip, from `rng`."""
     video = _to_tensor(frames)
-    top, left, h, w = random_resized_crop_box(video.shape[-2], video.shape[-1], rng)
-    flip = bool(rng.random() < FLIP_P)
+    top, left, h, w = random_resized_crop_box(video.shape[-2], video.shape[-1], rng, scale)
+    flip = bool(rng.random() < flip_p)
     out = F.resized_crop(
         video, top, left, h, w, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True
     )
