@@ -92,6 +92,9 @@ class ModelConfig:
     caption_heads: int = 8
     frequent_word_weight: float = 0.25
     grad_checkpointing: bool = False
+    # Ablations: without prompts the model is mean-pooled CLIP; aggregation needs the prompts.
+    prompts: bool = True
+    aggregation: bool = True
     clip: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +115,12 @@ class ModelConfig:
             "model.prompt_init_std",
             self.prompt_init_std,
             "a number > 0, or null for the official default",
+        )
+        require(
+            self.prompts or not self.aggregation,
+            "model.aggregation",
+            self.aggregation,
+            "false when model.prompts is false (it aggregates the prompts)",
         )
         text_width = self.clip["text_cfg"].get("width", 512)
         require(

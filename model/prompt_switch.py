@@ -69,8 +69,9 @@ class PromptSwitchCLIP(nn.Module):
         self.clip = clip
         t, width = config.frames_per_group, config.vision_width
         std = config.prompt_init_std if config.prompt_init_std is not None else 0.02 * width**-0.5
-        self.prompt_cube = nn.Parameter(torch.randn(t, t, width) * std)
-        self.aggregation = PromptAggregation(width, t)
+        # The ablation switches (config.prompts / config.aggregation) leave the module out entirely.
+        self.prompt_cube = nn.Parameter(torch.randn(t, t, width) * std) if config.prompts else None
+        self.aggregation = PromptAggregation(width, t) if config.aggregation else None
         # lambda = 0 means no head at all: nothing to build, run, checkpoint or optimise.
         self.caption_head = CaptionHead(self.clip, config) if config.caption_weight > 0 else None
         self.grad_checkpointing = config.grad_checkpointing
@@ -85,20 +86,25 @@ class PromptSwitchCLIP(nn.Module):
         t = self.frames_per_group
         visual = self.clip.visual
         x = visual._embeds(frames.flatten(0, 1))  # conv, class token, positions, ln_pre
-        # Frame t of every group holds cube[t]; prompts skip positions and ln_pre.
-        prompts = self.prompt_cube.to(x.dtype).repeat(b * f // t, 1, 1)
-        x = torch.cat([x, prompts], dim=1)
+        if self.prompt_cube is not None:
+            # Frame t of every group holds cube[t]; prompts skip positions and ln_pre.
+            prompts = self.prompt_cube.to(x.dtype).repeat(b * f // t, 1, 1)
+            x = torch.cat([x, prompts], dim=1)
         for block in visual.transformer.resblocks:
             if self.grad_checkpointing and self.training:
                 x = checkpoint(self._block, block, x, use_reentrant=False)
             else:
                 x = self._block(block, x)
-        cls = self.aggregation(x[:, 0], x[:, -t:])
+        cls = x[:, 0]
+        if self.aggregation is not None:
+            cls = self.aggregation(cls, x[:, -t:])
         return (visual.ln_post(cls) @ visual.proj).reshape(b, f, -1)
 
     def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         # The switch touches only the attention input; the residual stream keeps its own layout, so the
         # output at (frame f, slot p) lands on x at (f, p) without being transposed back.
+        if self.prompt_cube is None:  # plain CLIP: every frame on its own
+            return block(x)
         h = switch_prompts(block.ln_1(x), self.frames_per_group)
         x = x + block.ls_1(block.attn(h, h, h, need_weights=False)[0])
         return x + block.ls_2(block.mlp(block.ln_2(x)))

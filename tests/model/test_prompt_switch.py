@@ -195,3 +195,19 @@ def test_logit_scale_clamped_at_ln_100(model):
         model.clip.logit_scale.fill_(7.0)
     model.clamp_logit_scale()
     assert model.clip.logit_scale.item() == pytest.approx(torch.log(torch.tensor(100.0)).item())
+
+
+@torch.no_grad()
+def test_ablations_leave_modules_out():
+    torch.manual_seed(0)
+    plain = create_model("tiny", caption_weight=0.0, prompts=False, aggregation=False).eval()
+    assert plain.prompt_cube is None and plain.aggregation is None
+    video = frames()
+    # Without prompts every frame is plain CLIP: exactly open_clip's encode_image.
+    torch.testing.assert_close(
+        plain.frame_features(video)[0], plain.clip.encode_image(video[0]), atol=1e-5, rtol=1e-4
+    )
+    no_agg = create_model("tiny", caption_weight=0.0, aggregation=False)
+    assert no_agg.prompt_cube is not None and no_agg.aggregation is None
+    with pytest.raises(ConfigError, match="model.aggregation"):
+        create_model("tiny", prompts=False)
