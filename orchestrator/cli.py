@@ -1,4 +1,4 @@
-"""The `promptswitch` command: training, evaluation, data preparation and checks, and the model demo."""
+"""The `promptswitch` command: training, evaluation, data preparation and checks, and a model quickstart."""
 
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptswitch", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="train the tiny model on synthetic videos in one process")
-    demo.add_argument("--steps", type=int, default=300)
-    demo.add_argument("--seed", type=int, default=24)
-    demo.set_defaults(run=_demo)
+    quick = commands.add_parser("quickstart", help="a one-process tour of the model API on synthetic videos")
+    quick.add_argument("--steps", type=int, default=300)
+    quick.add_argument("--seed", type=int, default=24)
+    quick.set_defaults(run=_quickstart)
 
     for name, helptext, run in (
         ("train", "train (or resume) on Ray Train, logged to MLflow", _train),
@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _demo(args) -> int:
+def _quickstart(args) -> int:
     from orchestrator import quickstart
 
     quickstart.run(steps=args.steps, seed=args.seed)
