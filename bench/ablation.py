@@ -112,7 +112,7 @@ def chance(num_videos: int) -> dict[str, float]:
         "t2v_recall_at_1": 100 / num_videos,
         "t2v_recall_at_5": 100 * min(5, num_videos) / num_videos,
         "t2v_median_rank": (num_videos + 1) / 2,
-        "v2t_recall_at_1": 100 / num_videos,  # 2 right captions among 2 x num_videos
+        "v2t_recall_at_1": 100 / num_videos,  # v2t ranks videos by their best caption: 1 in num_videos
     }
 
 

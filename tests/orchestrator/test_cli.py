@@ -82,6 +82,21 @@ def test_cache_is_built_then_reused(synth, tmp_path):
     assert second["reused"] is True and second["cache"] == built["cache"]
 
 
+def prepare_msrvtt(videos: Path, out: Path) -> list:
+    return [
+        "data",
+        "prepare",
+        "--dataset",
+        "msrvtt-9k",
+        "--annotations",
+        FIXTURES / "msrvtt",
+        "--videos",
+        videos,
+        "--out",
+        out,
+    ]
+
+
 def msrvtt_videos(folder: Path, ids) -> Path:
     folder.mkdir(exist_ok=True)
     for video_id in ids:
@@ -96,20 +111,7 @@ def test_prepare_prints_the_summary_and_writes_the_manifest(tmp_path):
             ids |= {row["video_id"] for row in csv.DictReader(f)}
     videos = msrvtt_videos(tmp_path / "videos", ids)
     out = tmp_path / "msrvtt.parquet"
-    result = promptswitch(
-        "data",
-        "prepare",
-        "--dataset",
-        "msrvtt-9k",
-        "--annotations",
-        FIXTURES / "msrvtt",
-        "--videos",
-        videos,
-        "--out",
-        out,
-        "--val-fraction",
-        0.3,
-    )
+    result = promptswitch(*prepare_msrvtt(videos, out), "--val-fraction", 0.3)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert set(summary["splits"]) == {"train", "val", "test"}
@@ -122,18 +124,7 @@ def test_prepare_prints_the_summary_and_writes_the_manifest(tmp_path):
 
 def test_missing_videos_fail_with_the_list_unless_allowed(tmp_path):
     videos = msrvtt_videos(tmp_path / "videos", ["video0"])
-    args = [
-        "data",
-        "prepare",
-        "--dataset",
-        "msrvtt-9k",
-        "--annotations",
-        FIXTURES / "msrvtt",
-        "--videos",
-        videos,
-        "--out",
-        tmp_path / "m.parquet",
-    ]
+    args = prepare_msrvtt(videos, tmp_path / "m.parquet")
     failed = promptswitch(*args)
     assert failed.returncode == 2
     assert "video1.mp4" in failed.stderr and "--allow-missing" in failed.stderr
