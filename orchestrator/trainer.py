@@ -12,9 +12,9 @@ from ray.train.torch import TorchTrainer
 from model import format_metrics_table
 from orchestrator.config import RunConfig
 from orchestrator.config_io import config_to_dict, dump_config, flatten_config
+from orchestrator.launch import train_loop
 from orchestrator.scoring import score_checkpoint
 from orchestrator.tracking import Tracker, find_run_by_name, log_best_model, resolve_tracking_uri
-from orchestrator.train_loop import train_loop_per_worker
 from pipelines.dataset import eval_dataset, prepare_data, train_dataset
 
 SCORE = "val_t2v_recall_at_1"
@@ -42,7 +42,7 @@ def fit(run: RunConfig, project_dir: Path | None = None) -> dict[str, float]:
     if total_steps < 1:
         raise ValueError(f"train.batch_size={run.train.batch_size} is larger than the training set")
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config={
             "run": config_to_dict(run),
             "total_steps": total_steps,

@@ -8,22 +8,19 @@ sees a fresh order without a global shuffle of decoded frames.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from model.factory import tokenize
-from pipelines.cache import CacheInfo, build_cache, open_cache
+from pipelines.cache import CacheInfo, build_cache
 from pipelines.config import DataConfig
+from pipelines.decode import decode_batch, read_sampled_frames
 from pipelines.manifest import SPLITS, read_manifest
 from pipelines.sampling import frame_indices
-from pipelines.transforms import eval_transform, train_transform
-from pipelines.video import VideoError, open_video, probe
-
-log = logging.getLogger(__name__)
+from pipelines.transforms import eval_transform
+from pipelines.video import VideoError, probe
 
 
 class TooManyBadVideos(RuntimeError):
@@ -159,7 +156,7 @@ def train_dataset(data: PreparedData, config: DataConfig, frames_per_group: int,
         ray.data.from_arrow(_blocks(rows, config.decode_batch_size))
         .random_shuffle()
         .map_batches(
-            _decode_batch,
+            decode_batch,
             batch_size=config.decode_batch_size,
             fn_kwargs=_decode_options(data, config, frames_per_group, train=True),
         )
@@ -172,7 +169,7 @@ def eval_dataset(data: PreparedData, config: DataConfig, frames_per_group: int, 
 
     rows = data.splits[split].videos.select(["video_index", "video_path"])
     return ray.data.from_arrow(_blocks(rows, config.decode_batch_size)).map_batches(
-        _decode_batch,
+        decode_batch,
         batch_size=config.decode_batch_size,
         fn_kwargs=_decode_options(data, config, frames_per_group, train=False),
     )
@@ -194,50 +191,3 @@ def _decode_options(data: PreparedData, config: DataConfig, frames_per_group: in
 def _blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
     # Several small blocks, so that decoding fans out over tasks instead of one task per dataset.
     return [table.slice(i, rows_per_block) for i in range(0, max(len(table), 1), rows_per_block)]
-
-
-def _decode_batch(
-    batch: dict[str, np.ndarray],
-    *,
-    frames_per_group: int,
-    groups: int,
-    size: int,
-    short_side: int,
-    train: bool,
-    cache_path: str | None,
-    crop_scale: tuple[float, float],
-    flip_p: float,
-) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng() if train else None  # fresh entropy: a new draw every epoch
-
-    def pick(num_frames: int) -> np.ndarray:
-        return frame_indices(num_frames, frames_per_group, groups, rng=rng)
-
-    kept, frames = [], []
-    for i, path in enumerate(batch["video_path"]):
-        try:
-            raw = read_sampled_frames(str(path), pick, cache_path=cache_path, short_side=short_side)
-        except VideoError as e:  # passed the scan but failed now: drop it, never the run
-            log.warning("dropping video %s: %s", e.path, e.reason)
-            continue
-        if train:
-            frames.append(train_transform(raw, size, rng, scale=crop_scale, flip_p=flip_p))
-        else:
-            frames.append(eval_transform(raw, size))
-        kept.append(i)
-    out = {"video_index": batch["video_index"][kept]}
-    out["frames"] = (
-        np.stack(frames) if frames else np.zeros((0, frames_per_group * groups, 3, size, size), np.uint8)
-    )
-    if "caption" in batch:
-        out["tokens"] = tokenize([str(c) for c in batch["caption"][kept]]).numpy()
-    return out
-
-
-def read_sampled_frames(path: str, pick, *, cache_path: str | None, short_side: int) -> np.ndarray:
-    """(F, H, W, 3) uint8 frames at the indices `pick(num_frames)`, from the cache or the raw file."""
-    if cache_path:
-        cache = open_cache(cache_path)
-        return cache.read(path, pick(cache.num_frames(path)))
-    video = open_video(path, short_side=short_side)
-    return video.read(pick(video.num_frames))

@@ -1,0 +1,69 @@
+"""The Ray Data task that decodes, samples and crops the frames of a few videos (SPEC 4.1-4.2).
+
+Kept apart, with its heavy imports (torch, decord, the tokenizer) inside the functions: Ray Data's and Ray
+Train's coordinating actors import the module of this function to unpickle the dataset, and so stay small
+processes; only the decoding workers load torch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    frames_per_group: int,
+    groups: int,
+    size: int,
+    short_side: int,
+    train: bool,
+    cache_path: str | None,
+    crop_scale: tuple[float, float],
+    flip_p: float,
+) -> dict[str, np.ndarray]:
+    from model.factory import tokenize
+    from pipelines.sampling import frame_indices
+    from pipelines.transforms import eval_transform, train_transform
+    from pipelines.video import VideoError
+
+    rng = np.random.default_rng() if train else None  # fresh entropy: a new draw every epoch
+
+    def pick(num_frames: int) -> np.ndarray:
+        return frame_indices(num_frames, frames_per_group, groups, rng=rng)
+
+    kept, frames = [], []
+    for i, path in enumerate(batch["video_path"]):
+        try:
+            raw = read_sampled_frames(str(path), pick, cache_path=cache_path, short_side=short_side)
+        except VideoError as e:  # passed the scan but failed now: drop it, never the run
+            log.warning("dropping video %s: %s", e.path, e.reason)
+            continue
+        if train:
+            frames.append(train_transform(raw, size, rng, scale=crop_scale, flip_p=flip_p))
+        else:
+            frames.append(eval_transform(raw, size))
+        kept.append(i)
+    out = {"video_index": batch["video_index"][kept]}
+    out["frames"] = (
+        np.stack(frames) if frames else np.zeros((0, frames_per_group * groups, 3, size, size), np.uint8)
+    )
+    if "caption" in batch:
+        out["tokens"] = tokenize([str(c) for c in batch["caption"][kept]]).numpy()
+    return out
+
+
+def read_sampled_frames(path: str, pick, *, cache_path: str | None, short_side: int) -> np.ndarray:
+    """(F, H, W, 3) uint8 frames at the indices `pick(num_frames)`, from the cache or the raw file."""
+    from pipelines.cache import open_cache
+    from pipelines.video import open_video
+
+    if cache_path:
+        cache = open_cache(cache_path)
+        return cache.read(path, pick(cache.num_frames(path)))
+    video = open_video(path, short_side=short_side)
+    return video.read(pick(video.num_frames))
