@@ -33,6 +33,9 @@ the two moves, on the same checkpoint (both 50 % by chance):
   - twin video: for captions whose video's order-twin (same shape and colour, moves reversed) is also in
     the test split, is the caption closer to its own video than to the twin?  20 forced choices.
 
+and, to read them, the mean cosine similarity of the twin videos' embeddings and of each caption's
+embedding with its swapped caption's (near 1: that side of the model does not tell the orders apart).
+
 Only 10 of the 36 test videos have their order-twin in the test split, so t2v R@1 mostly measures shape,
 colour and the pair of directions: an order-blind model that got everything else right would reach about
 86 % t2v R@1 (printed as "order-blind ceiling"). The probes isolate the order.
@@ -74,6 +77,8 @@ COLUMNS = [
     ("v2t_recall_at_1", "v2t R@1"),
     ("order_swap", "order: swapped caption"),
     ("order_twin", "order: twin video"),
+    ("cos_twin_videos", "cos twin videos"),
+    ("cos_swapped_text", "cos swapped captions"),
     ("fit_t2v_recall_at_1", "fit() t2v R@1"),
     ("best_val", "best val R@1"),
     ("best_step", "at step"),
@@ -208,6 +213,10 @@ def score(ckpt, run, test: dict) -> dict[str, float]:
     metrics["order_swap"] = 100 * (own > (swapped * video[cv]).sum(1)).float().mean().item()
     has = twin[cv] >= 0
     metrics["order_twin"] = 100 * (own[has] > sims[rows[has], twin[cv][has]]).float().mean().item()
+    # Why a probe sits at 50 %: how alike the model makes the two orders, on each side.
+    videos = (twin >= 0).nonzero().flatten()
+    metrics["cos_twin_videos"] = (video[videos] * video[twin[videos]]).sum(1).mean().item()
+    metrics["cos_swapped_text"] = (text * swapped).sum(1).mean().item()
     return metrics
 
 
@@ -225,7 +234,7 @@ def chance(num_videos: int) -> dict[str, float]:
 
 
 def fmt(key: str, values: list[float]) -> str:
-    digits = 0 if key == "best_step" else 1
+    digits = 0 if key == "best_step" else 3 if key.startswith("cos_") else 1
     mean = statistics.fmean(values)
     if len(values) == 1:
         return f"{mean:.{digits}f}"

@@ -118,11 +118,11 @@ def timed_loop(run: RunConfig, batches: list[dict], device, warmup: int, steps: 
     model, optimizer, scheduler, scaler, autocast = make_state(run, warmup + steps, device)
     forward = wrap(model) if wrap else model.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times, cpu0, start = [], 0.0, 0.0
+    times, cpu0, start, busy0 = [], 0.0, 0.0, 0.0
     for i in range(warmup + steps):
         if i == warmup:
             sync()
-            cpu0, start = time.process_time(), time.perf_counter()
+            cpu0, start, busy0 = time.process_time(), time.perf_counter(), _busy_cpu_seconds()
         tick = time.perf_counter()
         train_step(
             model,
@@ -139,13 +139,24 @@ def timed_loop(run: RunConfig, batches: list[dict], device, warmup: int, steps: 
             times.append(time.perf_counter() - tick)  # .item() in the step synchronises a GPU
     sync()
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     return {
         "wall": wall,
         "steps_per_s": steps / wall,
         "step_times": times,
-        "cpu_per_step": (time.process_time() - cpu0) / steps,
+        "cpu_per_step": cpu / steps,
+        # CPU the rest of the machine used meanwhile, in cores: the noise gauge of this run.
+        "other_cores": max(0.0, _busy_cpu_seconds() - busy0 - cpu) / wall,
         "threads": torch.get_num_threads(),
     }
+
+
+def _busy_cpu_seconds() -> float:
+    """CPU seconds all processes on the machine have been busy (every core), from /proc/stat via psutil."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
 def ray_worker(config: dict) -> None:
@@ -222,13 +233,12 @@ def decode_batches(run: RunConfig, count: int) -> list[dict]:
     data = prepare_data(run.data, run.model.frames_per_group)
     dataset = train_dataset(data, run.data, run.model.frames_per_group)
     batches = []
-    while len(batches) < count:  # an epoch holds len(train captions) // batch_size batches
+    while len(batches) < count:  # whole epochs: no streaming executor is left running in this process
         for batch in dataset.iter_torch_batches(
             batch_size=run.train.batch_size, drop_last=True, dtypes=BATCH_DTYPES
         ):
-            batches.append({k: batch[k].contiguous() for k in BATCH_DTYPES})
-            if len(batches) == count:
-                break
+            if len(batches) < count:  # private copies, not views of Arrow or object-store buffers
+                batches.append({k: batch[k].clone() for k in BATCH_DTYPES})
     return batches
 
 
@@ -261,7 +271,7 @@ def compare(run: RunConfig, args, device: torch.device, storage: Path, cpus: flo
             print(
                 f"  round {r + 1} {side:5s}: {result['steps_per_s']:.3f} steps/s, median step "
                 f"{1000 * statistics.median(result['step_times']):.0f} ms, CPU {result['cpu_per_step']:.2f} "
-                f"s/step, {result['threads']} threads{extra}",
+                f"s/step, {result['threads']} threads, other load {result['other_cores']:.2f} cores{extra}",
                 flush=True,
             )
     del ref
@@ -299,6 +309,12 @@ def summarise(runs: dict, batch_size: int, label: str) -> dict:
     for name, a, b, ratio, f in rows:
         print(f"| {name:<{w}} | {f.format(a):>12} | {f.format(b):>12} | {ratio:>11.3f} |")
     print(f"per-round ratios ray/plain: {', '.join(f'{p:.3f}' for p in pairs)}")
+    others = {s: statistics.median(r["other_cores"] for r in runs[s]) for s in runs}
+    print(
+        f"load from the rest of the machine during the timed steps (median, cores): plain "
+        f"{others['plain']:.2f}, ray {others['ray']:.2f}"
+        + ("  <- busy machine: rerun when it is quiet" if max(others.values()) > 0.3 else "")
+    )
     print(
         f"Ray side outside the loop (medians): fit() to the worker's loop function "
         f"{statistics.median(r['startup'] for r in ray_):.1f} s, its return to fit() returning "
