@@ -13,14 +13,14 @@ are shared and noisy), interleaved, best of --repeats:
   (d) one training epoch (`train_dataset`: T frames, random crops, shuffled) from the raw files against
       from the preprocessing cache, for each cache format; the cache build timed on its own.
 
-Diagnostics that explain the gaps: the pipeline's own per-video code in the Pool (no Ray), the extra open +
-frame-0 decode of `open_video(short_side=...)`, (b) with the indices in decode order, a Ray Data run with a
-do-nothing UDF (the fixed cost), and a timeline of the pipeline's Ray tasks. Every row also reports the CPU
-seconds per video of this benchmark's processes (driver, Pool, all of Ray) and the load from everything
-else on the machine during the run: CPU per video barely moves with outside load; wall time does.
+Diagnostics that explain the gaps: the pipeline's own per-video code in the Pool (no Ray); a Ray Data run
+with a do-nothing UDF (the fixed cost); a timeline of the pipeline's Ray tasks; and a one-process table of
+each reader's CPU per video, with the extra open + frame-0 decode of `open_video(short_side=...)` and (b)
+with its indices in decode order. Every timed row also reports the CPU per video of this benchmark's
+processes (driver, Pool, all of Ray) and the load from everything else on the machine during the run.
 
     .venv/bin/python bench/decode.py [--videos 48,16] [--resolutions 240,720] [--seconds 10] [--frames 6]
-        [--batch-sizes 4,8] [--gop SECONDS] [--repeats 2] [--workdir DIR] [--keep]
+        [--batch-sizes 4,8] [--gop SECONDS] [--repeats 2] [--cpu-videos 4] [--workdir DIR] [--keep]
 """
 
 from __future__ import annotations
