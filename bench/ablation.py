@@ -41,6 +41,7 @@ colour and the pair of directions: an order-blind model that got everything else
 86 % t2v R@1 (printed as "order-blind ceiling"). The probes isolate the order.
 
     .venv/bin/python bench/ablation.py --score-only --workdir DIR   # re-score the runs in DIR, no training
+    .venv/bin/python bench/ablation.py --merge DIR1 DIR2           # one table over earlier runs (seeds)
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder")
     parser.add_argument("--score-only", action="store_true", help="re-score the runs already in --workdir")
+    parser.add_argument("--merge", type=Path, nargs="+", help="print one table over these earlier workdirs")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every row")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -173,9 +175,12 @@ def load_test_set(run) -> dict:
         "swapped": [swap_order(c) for c in captions],
         "caption_video": torch.tensor(caption_video),
         "twin": torch.tensor(twin),
-        "num_videos": n,
-        "twins": sum(t >= 0 for t in twin),
-        "ceiling": ceiling,
+        "summary": {
+            "num_videos": n,
+            "num_captions": len(captions),
+            "twins": sum(t >= 0 for t in twin),
+            "ceiling": ceiling,
+        },
     }
 
 
@@ -242,7 +247,8 @@ def fmt(key: str, values: list[float]) -> str:
 
 
 def print_table(results: list[dict], rows: list[str], seeds: list[int], test: dict) -> None:
-    n = test["num_videos"]
+    """`test`: the test split's summary (num_videos, num_captions, twins, ceiling)."""
+    n, num_captions = test["num_videos"], test["num_captions"]
     header = ["row", "model", *[c[1] for c in COLUMNS]]
     lines, means = [], {}
     for row in rows:
@@ -264,9 +270,9 @@ def print_table(results: list[dict], rows: list[str], seeds: list[int], test: di
     widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
     seeds_note = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± half-range over seeds {seeds}"
     print(
-        f"\nTest split ({n} videos, {len(test['captions'])} captions), best checkpoint by validation "
+        f"\nTest split ({n} videos, {num_captions} captions), best checkpoint by validation "
         f"t2v R@1, {seeds_note}. Order probes in % correct of forced choices (swapped caption: "
-        f"{len(test['captions'])}; twin video: captions of the {test['twins']} test videos whose "
+        f"{num_captions}; twin video: captions of the {test['twins']} test videos whose "
         f"order-twin is in the split). Order-blind ceiling of t2v R@1: {test['ceiling']:.1f}.\n"
     )
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
@@ -283,7 +289,7 @@ def print_table(results: list[dict], rows: list[str], seeds: list[int], test: di
         deltas = ", ".join(f"{h} {means[row][k] - means[prev][k]:+.1f}" for k, h in keys if k in means[row])
         print(f"  {row} vs {prev}: {deltas}")
     print(
-        f"  (one test caption is {100 / len(test['captions']):.2f} points of t2v R@1 and of the "
+        f"  (one test caption is {100 / num_captions:.2f} points of t2v R@1 and of the "
         f"swapped-caption probe; one video {100 / n:.2f} points of v2t R@1; one twin-probe caption "
         f"{100 / max(1, 2 * test['twins']):.1f} points)"
     )
@@ -291,9 +297,13 @@ def print_table(results: list[dict], rows: list[str], seeds: list[int], test: di
 
 def main() -> int:
     args = parse_args()
+    if args.merge:
+        return merge(args.merge, args.rows)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="ablation-"))).resolve()
     out = workdir / "ablation.json"
     earlier = json.loads(out.read_text()) if args.score_only and out.exists() else []
+    if earlier:  # the seeds those runs were trained with (they also decide the run names)
+        args.seeds = sorted({r["seed"] for r in earlier})
     if not args.score_only:
         shutil.rmtree(workdir / "runs", ignore_errors=True)  # never resume an earlier run's checkpoints
     workdir.mkdir(parents=True, exist_ok=True)
@@ -326,6 +336,7 @@ def main() -> int:
                 test = load_test_set(run)
             ckpt, reported = best_checkpoint(Path(run.storage_path) / run.name)
             result |= score(ckpt, run, test) | {"best_val": reported[SCORE], "best_step": reported["step"]}
+            result["test"] = test["summary"]
             results.append(result)
             out.write_text(json.dumps(results, indent=1))  # kept as it goes: a crash loses one row
             fit_r1 = result.get("fit_t2v_recall_at_1", float("nan"))
@@ -336,7 +347,23 @@ def main() -> int:
                 flush=True,
             )
     print(f"\nall rows: {(time.perf_counter() - start_all) / 60:.1f} min; results in {out}")
-    print_table(results, args.rows, args.seeds, test)
+    print_table(results, args.rows, args.seeds, test["summary"])
+    return 0
+
+
+def merge(dirs: list[Path], rows: list[str]) -> int:
+    """One table over the results of earlier runs (e.g. one seed per --workdir), no training or scoring."""
+    results = [r for d in dirs for r in json.loads((d / "ablation.json").read_text())]
+    missing = [
+        str(d) for d in dirs if not any("test" in r for r in json.loads((d / "ablation.json").read_text()))
+    ]
+    if missing:
+        raise SystemExit(
+            f"no scored results in {', '.join(missing)}: run --score-only --workdir on them first"
+        )
+    seeds = sorted({r["seed"] for r in results})
+    print(f"merged {len(results)} results from {', '.join(str(d) for d in dirs)}")
+    print_table(results, rows, seeds, next(r["test"] for r in results if "test" in r))
     return 0
 
 

@@ -217,7 +217,7 @@ def _check(args) -> int:
     config = _data_config(args)
     videos = sorted(set(read_manifest(config.manifest)["video_path"].to_pylist()))
     connect(args.address, dashboard=False)
-    report = scan_videos(videos, config, args.frames_per_group)
+    report, _ = scan_videos(videos, config, args.frames_per_group)
     print(json.dumps(report.as_dict(), indent=1))
     if report.fraction > config.max_bad_fraction:
         print(

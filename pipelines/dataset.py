@@ -16,11 +16,11 @@ import pyarrow.compute as pc
 
 from pipelines.cache import CacheInfo, build_cache
 from pipelines.config import DataConfig
-from pipelines.decode import decode_batch, read_sampled_frames
+from pipelines.decode import INFO_COLUMNS, decode_batch, read_sampled_frames
 from pipelines.manifest import SPLITS, read_manifest
 from pipelines.sampling import frame_indices
 from pipelines.transforms import eval_transform
-from pipelines.video import VideoError, probe
+from pipelines.video import VideoError, VideoInfo, probe
 
 
 class TooManyBadVideos(RuntimeError):
@@ -54,6 +54,7 @@ class Split:
     name: str
     captions: pa.Table  # a row per caption of a good video: video_index, video_id, video_path, caption
     videos: pa.Table  # a row per good video, in video_index order: video_index, video_id, video_path
+    # Both also carry INFO_COLUMNS (frame count, fps, size) when the videos were scanned (no cache).
 
 
 @dataclass(frozen=True)
@@ -72,17 +73,17 @@ def prepare_data(config: DataConfig, frames_per_group: int) -> PreparedData:
     videos = sorted(set(table["video_path"].to_pylist()))
     cache = build_cache(videos, config) if config.cache_dir else None
     if cache:
-        report = BadVideoReport(len(videos), cache.bad)
+        report, infos = BadVideoReport(len(videos), cache.bad), None
     else:
-        report = scan_videos(videos, config, frames_per_group)
+        report, infos = scan_videos(videos, config, frames_per_group)
     report.check(config.max_bad_fraction)
     bad = pa.array([b["video"] for b in report.bad], pa.string())
     good = table.filter(pc.invert(pc.is_in(table["video_path"], value_set=bad)))
-    splits = {name: _split(name, good) for name in SPLITS}
+    splits = {name: _split(name, good, infos) for name in SPLITS}
     return PreparedData({k: v for k, v in splits.items() if len(v.captions)}, report, cache)
 
 
-def _split(name: str, table: pa.Table) -> Split:
+def _split(name: str, table: pa.Table, infos: dict[str, VideoInfo] | None) -> Split:
     rows = table.filter(pc.equal(table["split"], name))
     paths = rows["video_path"].to_pylist()
     order = list(dict.fromkeys(paths))  # first-seen order, stable across runs
@@ -103,11 +104,20 @@ def _split(name: str, table: pa.Table) -> Split:
             "video_path": order,
         }
     )
+    if infos is not None:
+        for key in INFO_COLUMNS:
+            captions = captions.append_column(key, [[getattr(infos[p], key) for p in paths]])
+            videos = videos.append_column(key, [[getattr(infos[p], key) for p in order]])
     return Split(name, captions, videos)
 
 
-def scan_videos(videos: list[str], config: DataConfig, frames_per_group: int) -> BadVideoReport:
-    """Open every video and decode its evaluation frames, in parallel on Ray; report the ones that fail."""
+def scan_videos(
+    videos: list[str], config: DataConfig, frames_per_group: int
+) -> tuple[BadVideoReport, dict[str, VideoInfo]]:
+    """Open every video and decode its evaluation frames, in parallel on Ray.
+
+    Returns the report of the ones that fail and the `VideoInfo` of the ones that work.
+    """
     import ray.data
 
     options = {
@@ -122,9 +132,11 @@ def scan_videos(videos: list[str], config: DataConfig, frames_per_group: int) ->
         .map_batches(_check_batch, batch_size=config.decode_batch_size, fn_kwargs=options)
         .take_all()
     )
-    return BadVideoReport(
+    report = BadVideoReport(
         len(videos), [{"video": r["video_path"], "error": r["error"]} for r in rows if r["error"]]
     )
+    infos = {r["video_path"]: VideoInfo(*(r[k] for k in INFO_COLUMNS)) for r in rows if not r["error"]}
+    return report, infos
 
 
 def _check_batch(
@@ -133,15 +145,21 @@ def _check_batch(
     def pick(num_frames: int) -> np.ndarray:
         return frame_indices(num_frames, frames_per_group, groups)
 
-    errors = []
+    errors, infos = [], []
     for path in batch["video_path"]:
         try:
-            probe(str(path))  # reads the last frame too: catches files cut short behind an intact index
-            eval_transform(read_sampled_frames(str(path), pick, cache_path=None, short_side=short_side), size)
+            info = probe(
+                str(path)
+            )  # reads the last frame too: catches files cut short behind an intact index
+            frames = read_sampled_frames(str(path), pick, cache_path=None, short_side=short_side, info=info)
+            eval_transform(frames, size)
             errors.append("")
         except VideoError as e:
+            info = VideoInfo(0, 0.0, 0, 0)
             errors.append(e.reason)
-    return {"video_path": batch["video_path"], "error": np.asarray(errors, dtype=object)}
+        infos.append(info)
+    out = {"video_path": batch["video_path"], "error": np.asarray(errors, dtype=object)}
+    return out | {k: np.asarray([getattr(i, k) for i in infos]) for k in INFO_COLUMNS}
 
 
 def train_dataset(data: PreparedData, config: DataConfig, frames_per_group: int, split: str = "train"):
@@ -151,7 +169,7 @@ def train_dataset(data: PreparedData, config: DataConfig, frames_per_group: int,
     """
     import ray.data
 
-    rows = data.splits[split].captions.select(["video_index", "video_path", "caption"])
+    rows = data.splits[split].captions.drop_columns(["video_id"])
     return (
         ray.data.from_arrow(_blocks(rows, config.decode_batch_size))
         .random_shuffle()
@@ -167,7 +185,7 @@ def eval_dataset(data: PreparedData, config: DataConfig, frames_per_group: int, 
     """One row per video, in video_index order: video_index, frames (T*G, 3, S, S) uint8, fixed positions."""
     import ray.data
 
-    rows = data.splits[split].videos.select(["video_index", "video_path"])
+    rows = data.splits[split].videos.drop_columns(["video_id"])
     return ray.data.from_arrow(_blocks(rows, config.decode_batch_size)).map_batches(
         decode_batch,
         batch_size=config.decode_batch_size,

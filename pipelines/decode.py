@@ -13,6 +13,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# Columns of a row that carry the scan's `VideoInfo` of its video, in the dataclass's field order.
+INFO_COLUMNS = ("num_frames", "fps", "width", "height")
+
 
 def decode_batch(
     batch: dict[str, np.ndarray],
@@ -29,7 +32,7 @@ def decode_batch(
     from model.factory import tokenize
     from pipelines.sampling import frame_indices
     from pipelines.transforms import eval_transform, train_transform
-    from pipelines.video import VideoError
+    from pipelines.video import VideoError, VideoInfo
 
     rng = np.random.default_rng() if train else None  # fresh entropy: a new draw every epoch
 
@@ -38,8 +41,12 @@ def decode_batch(
 
     kept, frames = [], []
     for i, path in enumerate(batch["video_path"]):
+        # The scan's size rides along with the rows, so the file is opened exactly once here.
+        info = VideoInfo(*(batch[k][i].item() for k in INFO_COLUMNS)) if INFO_COLUMNS[0] in batch else None
         try:
-            raw = read_sampled_frames(str(path), pick, cache_path=cache_path, short_side=short_side)
+            raw = read_sampled_frames(
+                str(path), pick, cache_path=cache_path, short_side=short_side, info=info
+            )
         except VideoError as e:  # passed the scan but failed now: drop it, never the run
             log.warning("dropping video %s: %s", e.path, e.reason)
             continue
@@ -57,13 +64,16 @@ def decode_batch(
     return out
 
 
-def read_sampled_frames(path: str, pick, *, cache_path: str | None, short_side: int) -> np.ndarray:
-    """(F, H, W, 3) uint8 frames at the indices `pick(num_frames)`, from the cache or the raw file."""
+def read_sampled_frames(path: str, pick, *, cache_path: str | None, short_side: int, info=None) -> np.ndarray:
+    """(F, H, W, 3) uint8 frames at the indices `pick(num_frames)`, from the cache or the raw file.
+
+    `info`: the video's `VideoInfo` from the scan, which spares reading its size again.
+    """
     from pipelines.cache import open_cache
     from pipelines.video import open_video
 
     if cache_path:
         cache = open_cache(cache_path)
         return cache.read(path, pick(cache.num_frames(path)))
-    video = open_video(path, short_side=short_side)
+    video = open_video(path, short_side=short_side, info=info)
     return video.read(pick(video.num_frames))

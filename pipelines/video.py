@@ -110,15 +110,12 @@ def open_video(
     """Open a video for reading, or VideoError; with `short_side`, frames come out resized (`resized_size`).
 
     decord scales while decoding, so full-size frames are never copied out. That needs the video's own
-    size first: pass `info` (from `probe`) if at hand, else the file is opened and its first frame
-    decoded once more to learn it. Opening does not decode every frame: use `probe` to judge a file.
+    size first: pass `info` (from `probe`) if at hand, else it is read from the container's header, which
+    decodes nothing. Opening does not decode every frame: use `probe` to judge a file.
     """
     if short_side is None:
         return OpenVideo(path, _open(path), None)
-    if info is None:
-        _, height, width, _ = _read(path, _open(path), [0]).shape
-    else:
-        width, height = info.width, info.height
+    width, height = (info.width, info.height) if info is not None else _header_size(path)
     size = resized_size(width, height, short_side)
     if size == (width, height):
         return OpenVideo(path, _open(path), size)
@@ -139,7 +136,7 @@ def decode_frames(
     return open_video(path, short_side=short_side, info=info).read(idx)
 
 
-def _open(path: str | os.PathLike, width: int = -1, height: int = -1):
+def _check_file(path: str | os.PathLike) -> None:
     p = Path(path)
     if not p.exists():
         raise VideoError(path, "missing file")
@@ -147,13 +144,37 @@ def _open(path: str | os.PathLike, width: int = -1, height: int = -1):
         raise VideoError(path, "not a regular file")
     if p.stat().st_size == 0:
         raise VideoError(path, "empty file")
+
+
+def _open(path: str | os.PathLike, width: int = -1, height: int = -1):
+    _check_file(path)
     import decord  # imported here so that importing this module stays cheap
 
     _quieten(decord)
     try:
-        return decord.VideoReader(os.fspath(p), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+        return decord.VideoReader(
+            os.fspath(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1
+        )
     except Exception as exc:  # RuntimeError or DECORDError (not a RuntimeError)
         raise VideoError(path, f"cannot decode: {_first_line(exc)}") from exc
+
+
+def _header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of the first video stream, from the container header alone (PyAV, no decoding)."""
+    _check_file(path)
+    import av
+
+    try:
+        with av.open(os.fspath(path)) as container:
+            if not container.streams.video:
+                raise VideoError(path, "no video stream")
+            codec = container.streams.video[0].codec_context
+            width, height = codec.width, codec.height
+    except av.FFmpegError as exc:
+        raise VideoError(path, f"cannot decode: {_first_line(exc)}") from exc
+    if width < 1 or height < 1:
+        raise VideoError(path, f"the header gives no frame size ({width}x{height})")
+    return width, height
 
 
 def _read(path, vr, indices: list[int]) -> np.ndarray:

@@ -6,8 +6,10 @@ import pytest
 
 from pipelines.config import DataConfig
 from pipelines.dataset import TooManyBadVideos, eval_dataset, prepare_data, train_dataset
+from pipelines.decode import INFO_COLUMNS
 from pipelines.manifest import SCHEMA, read_manifest, write_manifest
 from pipelines.synth import corrupt_copies, write_synthetic_dataset
+from pipelines.video import VideoInfo, probe
 
 T = 6
 
@@ -76,6 +78,15 @@ def test_splits_follow_the_manifest(prepared, synthetic):
         assert len(split.videos) == len(set(rows["video_path"].to_pylist()))
         assert split.videos["video_index"].to_pylist() == list(range(len(split.videos)))
     assert prepared.report.bad == []
+
+
+def test_splits_carry_the_scanned_video_info(prepared):
+    """The decode tasks open each file once, with the size the scan found, instead of reading it again."""
+    videos = prepared.splits["test"].videos.to_pylist()
+    for row in videos[:3]:
+        assert VideoInfo(*(row[k] for k in INFO_COLUMNS)) == probe(row["video_path"])
+    captions = prepared.splits["train"].captions
+    assert set(INFO_COLUMNS) <= set(captions.column_names)
 
 
 def test_training_rows_shapes_and_a_fresh_order_each_epoch(prepared):

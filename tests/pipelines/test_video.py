@@ -131,6 +131,9 @@ def test_bad_files_raise_video_error(bad_files, kind, reason):
     assert "[" not in info.value.reason.split(":")[0]  # decord's timestamps are stripped
     with pytest.raises(VideoError):
         decode_frames(bad_files[kind], range(FRAMES))
+    if kind != "damaged":  # the size comes from the header, so a bad header fails already at the open
+        with pytest.raises(VideoError):
+            open_video(bad_files[kind], short_side=32)
 
 
 def test_damaged_file_opens_without_error(bad_files):
