@@ -15,9 +15,10 @@ are shared and noisy), interleaved, best of --repeats:
 
 Diagnostics that explain the gaps: the pipeline's own per-video code in the Pool (no Ray); a Ray Data run
 with a do-nothing UDF (the fixed cost); a timeline of the pipeline's Ray tasks; and a one-process table of
-each reader's CPU per video, with the extra open + frame-0 decode of `open_video(short_side=...)` and (b)
-with its indices in decode order. Every timed row also reports the CPU per video of this benchmark's
-processes (driver, Pool, all of Ray) and the load from everything else on the machine during the run.
+each reader's CPU per video, with the header read of `open_video(short_side=...)` (training skips it: the
+scan's size rides along) and (b) with its indices in decode order. Every timed row also reports the CPU
+per video of this benchmark's processes (driver, Pool, all of Ray) and the load from everything else on
+the machine during the run.
 
     .venv/bin/python bench/decode.py [--videos 48,16] [--resolutions 240,720] [--seconds 10] [--frames 6]
         [--batch-sizes 4,8] [--gop SECONDS] [--repeats 2] [--cpu-videos 4] [--workdir DIR] [--keep]
@@ -203,11 +204,11 @@ def pipeline_reader(path: str, frames: int) -> np.ndarray:
     return eval_transform(read_sampled_frames(path, pick, cache_path=None, short_side=IMAGE_SIZE), IMAGE_SIZE)
 
 
-def first_frame(path: str) -> int:
-    """The extra work of open_video(short_side=...) without `info`: open the file, decode frame 0."""
-    from pipelines.video import decode_frames
+def header_size(path: str) -> tuple[int, int]:
+    """The extra work of open_video(short_side=...) without `info`: its size from the container header."""
+    from pipelines.video import _header_size
 
-    return decode_frames(path, [0]).shape[2]
+    return _header_size(path)
 
 
 def per_video_cpu_ms(paths: list[str], frames: int, cv_threads: int) -> dict[str, float]:
@@ -219,7 +220,7 @@ def per_video_cpu_ms(paths: list[str], frames: int, cv_threads: int) -> dict[str
         "(b) bare decord": partial(bare_decord, frames=frames),
         "(b) with the indices in decode order": partial(bare_decord, frames=frames, decode_order=True),
         "pipeline reader: (a)'s work per video": partial(pipeline_reader, frames=frames),
-        "  of which its open + decode of frame 0": first_frame,
+        "  of which reading its size from the header": header_size,
         "(c) OpenCV seek per frame": partial(opencv_seek, frames=frames, threads=cv_threads),
     }
     out = {}
@@ -344,11 +345,8 @@ def ray_floor(rows: pa.Table, batch_size: int, shuffle: bool, udf=_passthrough):
 
 def _traced_decode(batch: dict, **options) -> dict:
     """The pipeline's decode UDF, stamped with where and when it ran (a diagnostic)."""
-    import pipelines.dataset
+    from pipelines.decode import decode_batch as udf
 
-    # The function eval_dataset maps: pipelines.decode.decode_batch, imported into pipelines.dataset (it was
-    # pipelines.dataset._decode_batch before the decode task moved to its own module).
-    udf = getattr(pipelines.dataset, "decode_batch", None) or pipelines.dataset._decode_batch
     start, cpu = time.time(), time.process_time()
     out = udf(batch, **options)
     stamp = [os.getpid(), start, time.time(), time.process_time() - cpu]
@@ -360,7 +358,7 @@ def ray_timeline(data, config, frames: int) -> str:
     """Run the eval dataset's tasks once more, traced: how long each worker sat idle between its tasks."""
     from pipelines.dataset import _decode_options
 
-    rows = data.splits["test"].videos.select(["video_index", "video_path"])
+    rows = data.splits["test"].videos.drop_columns(["video_id"])  # as eval_dataset: with the scan's info
     options = _decode_options(data, config, frames, train=False)
     ds = ray_floor(rows, config.decode_batch_size, shuffle=False, udf=partial(_traced_decode, **options))
     start = time.time()
@@ -427,7 +425,7 @@ def bench_resolution(args, height: int, count: int, workdir: Path, pool) -> list
 
     # Every Pool function runs once per process first: start-up and imports are not decoding.
     warm = paths[: os.cpu_count()]
-    for fn in (partial(bare_decord, frames=T), partial(pipeline_reader, frames=T), first_frame):
+    for fn in (partial(bare_decord, frames=T), partial(pipeline_reader, frames=T), header_size):
         pool_run(pool, fn, warm)
     pool_run(pool, partial(opencv_seek, frames=T, threads=args.cv_threads), warm)
 

@@ -8,11 +8,9 @@ What is measured is the cost of Ray Train's worker and loop machinery, not of th
   3. "ray": a `TorchTrainer` with num_workers=1 (one process, like the plain loop) whose
      train_loop_per_worker gets the same batches from the object store (`ray.put`) and runs the same step.
 
-The step is the body of `orchestrator/train_loop.py`'s loop for one worker without gradient accumulation
-(that loop body is inline, not an importable function, so `train_step` below repeats it minimally): autocast
-(a no-op at fp32), normalize_frames, forward to the losses, backward, `.item()` of every loss part, gradient
-clipping, AdamW step, zero_grad, LambdaLR step, logit-scale clamp. The model, optimiser groups, schedule and
-autocast come from the project (`build_model`, `parameter_groups`, `warmup_cosine`, `autocast_for`), and the
+The step is the training loop's own, for one worker without gradient accumulation: `orchestrator/step.py`'s
+`forward_losses`, `Optimisation.backward` and `Optimisation.step` (autocast, normalize_frames, forward,
+backward, `.item()` of every loss part, clipping, AdamW, zero_grad, schedule, logit-scale clamp). The
 Ray side wraps the model with `ray.train.torch.prepare_model` as the real loop does. Both sides build the
 model from the same seed and use the same number of torch threads (set explicitly; the worker's default,
 from Ray's OMP_NUM_THREADS, is printed too).
@@ -49,10 +47,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from model import build_model, normalize_frames, parameter_groups  # noqa: E402
+from model import build_model  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
 from orchestrator.config_io import config_from_dict, config_to_dict, load_config  # noqa: E402
-from orchestrator.train_loop import autocast_for, warmup_cosine  # noqa: E402
+from orchestrator.step import autocast_for, build_optimisation, forward_losses  # noqa: E402
 
 DEMO = ROOT / "configs" / "demo.yaml"
 GPU_OVERRIDES = [  # ViT-B/32 at 224 px, bf16, one GPU
@@ -68,54 +66,24 @@ BATCH_DTYPES = {"frames": torch.uint8, "tokens": torch.long, "video_index": torc
 
 
 def make_state(run: RunConfig, total_steps: int, device: torch.device):
-    """Model (seeded), optimiser, schedule, scaler and autocast as train_loop_per_worker builds them."""
-    cfg = run.train
-    torch.manual_seed(cfg.seed)  # rank 0's seed in the real loop
+    """Model (seeded), optimisation and autocast as train_loop_per_worker builds them."""
+    torch.manual_seed(run.train.seed)  # rank 0's seed in the real loop
     model = build_model(run.model)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(
-            model,
-            clip_lr=cfg.clip_lr,
-            new_lr=cfg.new_lr,
-            weight_decay=cfg.weight_decay,
-            official_grouping=cfg.official_grouping,
-        ),
-        betas=cfg.betas,
-        eps=cfg.eps,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg.warmup_fraction))
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    return model, optimizer, scheduler, scaler, autocast_for(cfg.precision, device)
+    return model, build_optimisation(model, run.train, total_steps), autocast_for(run.train.precision, device)
 
 
-def train_step(model, forward, optimizer, scheduler, scaler, autocast, batch, device, grad_clip) -> dict:
+def train_step(model, forward, opt, autocast, batch, device, grad_clip) -> dict:
     """One optimiser step of train_loop.py's loop (grad_accum=1), on `forward` (the model or its DDP wrap)."""
-    with autocast():
-        losses = forward(
-            normalize_frames(batch["frames"].to(device)),
-            batch["tokens"].to(device),
-            batch["video_index"].to(device),
-        )
-    loss = losses["loss"]
-    (scaler.scale(loss) if scaler else loss).backward()
+    losses = forward_losses(forward, batch, device, autocast)
+    opt.backward(losses["loss"])
     sums = {k: v.item() for k, v in losses.items()}
-    if scaler:
-        scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if scaler:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-    model.clamp_logit_scale()
+    opt.step(model, grad_clip)
     return sums
 
 
 def timed_loop(run: RunConfig, batches: list[dict], device, warmup: int, steps: int, wrap=None) -> dict:
     """Build the state, run `warmup` + `steps` steps over `batches` (cycled); per-step times of the last."""
-    model, optimizer, scheduler, scaler, autocast = make_state(run, warmup + steps, device)
+    model, opt, autocast = make_state(run, warmup + steps, device)
     forward = wrap(model) if wrap else model.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times, cpu0, start, busy0 = [], 0.0, 0.0, 0.0
@@ -124,17 +92,7 @@ def timed_loop(run: RunConfig, batches: list[dict], device, warmup: int, steps: 
             sync()
             cpu0, start, busy0 = time.process_time(), time.perf_counter(), _busy_cpu_seconds()
         tick = time.perf_counter()
-        train_step(
-            model,
-            forward,
-            optimizer,
-            scheduler,
-            scaler,
-            autocast,
-            batches[i % len(batches)],
-            device,
-            run.train.grad_clip,
-        )
+        train_step(model, forward, opt, autocast, batches[i % len(batches)], device, run.train.grad_clip)
         if i >= warmup:
             times.append(time.perf_counter() - tick)  # .item() in the step synchronises a GPU
     sync()

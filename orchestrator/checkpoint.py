@@ -16,6 +16,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from orchestrator.step import Optimisation
+
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
@@ -30,16 +32,14 @@ class TrainState:
     mlflow_run_id: str | None = None
 
 
-def save(
-    folder: Path, model: nn.Module, optimizer, scheduler, state: TrainState, config_yaml: str, scaler=None
-) -> None:
+def save(folder: Path, model: nn.Module, opt: Optimisation, state: TrainState, config_yaml: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(_contiguous(model.state_dict()), folder / MODEL_FILE)
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler else None,
+            "optimizer": opt.optimizer.state_dict(),
+            "scheduler": opt.scheduler.state_dict(),
+            "scaler": opt.scaler.state_dict() if opt.scaler else None,
             "torch_rng": torch.get_rng_state(),
         },
         folder / OPTIM_FILE,
@@ -49,19 +49,19 @@ def save(
     (folder / CONFIG_FILE).write_text(config_yaml)
 
 
-def load(folder: Path, model: nn.Module, optimizer=None, scheduler=None, scaler=None) -> TrainState:
+def load(folder: Path, model: nn.Module, opt: Optimisation) -> TrainState:
+    """Model, optimiser, schedule, loss scaler and RNG state back from `folder`; returns the step and run."""
     model.load_state_dict(safetensors.torch.load_file(folder / MODEL_FILE))
     raw = json.loads((folder / STATE_FILE).read_text())
     rng = raw.pop("rng")
-    if optimizer is not None:
-        saved = torch.load(folder / OPTIM_FILE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if scaler is not None and saved["scaler"]:
-            scaler.load_state_dict(saved["scaler"])
-        torch.set_rng_state(saved["torch_rng"])
-        random.setstate(_tuples(rng["python"]))
-        np.random.set_state(_tuples(rng["numpy"]))
+    saved = torch.load(folder / OPTIM_FILE, map_location="cpu", weights_only=True)
+    opt.optimizer.load_state_dict(saved["optimizer"])
+    opt.scheduler.load_state_dict(saved["scheduler"])
+    if opt.scaler is not None and saved["scaler"]:
+        opt.scaler.load_state_dict(saved["scaler"])
+    torch.set_rng_state(saved["torch_rng"])
+    random.setstate(_tuples(rng["python"]))
+    np.random.set_state(_tuples(rng["numpy"]))
     return TrainState(**raw)
 
 

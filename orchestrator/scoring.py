@@ -13,7 +13,7 @@ from orchestrator import checkpoint
 from orchestrator.config import RunConfig
 from orchestrator.config_io import config_from_dict, config_to_dict
 from orchestrator.evaluation import evaluate
-from orchestrator.train_loop import autocast_for
+from orchestrator.step import autocast_for
 from pipelines.dataset import PreparedData, eval_dataset
 
 

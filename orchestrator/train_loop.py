@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -13,10 +12,11 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from model import build_model, normalize_frames, parameter_groups
+from model import build_model
 from orchestrator import checkpoint
 from orchestrator.config_io import config_from_dict, dump_config
 from orchestrator.evaluation import evaluate
+from orchestrator.step import autocast_for, build_optimisation, forward_losses
 from orchestrator.tracking import Tracker
 
 
@@ -30,25 +30,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # 1. Model, optimiser, schedule; state from the last checkpoint when resuming.
     device = ray.train.torch.get_device()
     model = build_model(run.model)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(
-            model,
-            clip_lr=cfg.clip_lr,
-            new_lr=cfg.new_lr,
-            weight_decay=cfg.weight_decay,
-            official_grouping=cfg.official_grouping,
-        ),
-        betas=cfg.betas,
-        eps=cfg.eps,
-    )
     total_steps = loop_config["total_steps"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg.warmup_fraction))
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    opt = build_optimisation(model, cfg, total_steps)
     state = checkpoint.TrainState(mlflow_run_id=loop_config["mlflow_run_id"])
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as folder:
-            state = checkpoint.load(Path(folder), model, optimizer, scheduler, scaler)
+            state = checkpoint.load(Path(folder), model, opt)
     ddp = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world > 1
     autocast = autocast_for(cfg.precision, device)
     tracker = (
@@ -81,7 +69,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:  # one copy of the weights: every rank holds the same ones
-                checkpoint.save(Path(tmp), model, optimizer, scheduler, state, config_yaml, scaler)
+                checkpoint.save(Path(tmp), model, opt, state, config_yaml)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
 
@@ -100,33 +88,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
             waited += time.perf_counter() - tick
             micro += 1
             sync = micro % cfg.grad_accum == 0
-            with contextlib.nullcontext() if sync or world == 1 else ddp.no_sync(), autocast():
-                losses = ddp(
-                    normalize_frames(batch["frames"].to(device)),
-                    batch["tokens"].to(device),
-                    batch["video_index"].to(device),
-                )
-            loss = losses["loss"] / cfg.grad_accum
-            (scaler.scale(loss) if scaler else loss).backward()
+            with contextlib.nullcontext() if sync or world == 1 else ddp.no_sync():
+                losses = forward_losses(ddp, batch, device, autocast)
+                opt.backward(losses["loss"] / cfg.grad_accum)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
             if not sync:
                 tick = time.perf_counter()
                 continue
-            if scaler:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            model.clamp_logit_scale()
+            opt.step(model, cfg.grad_clip)
             state.step += 1
             if tracker and state.step % cfg.log_every_steps == 0:
-                step_metrics = progress.step_metrics(state, sums, waited, optimizer, model)
+                step_metrics = progress.step_metrics(state, sums, waited, opt.optimizer, model)
                 tracker.log_metrics(step_metrics, state.step)
                 progress.show_step(state, step_metrics)
                 waited = 0.0  # the data-wait fraction covers the whole logging window
@@ -145,25 +118,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         validate_and_checkpoint()  # the final state is always in a checkpoint
     if tracker:
         tracker.log_metrics({"best_val_t2v_recall_at_1": state.best_score}, state.step)
-
-
-def warmup_cosine(total_steps: int, warmup_fraction: float):
-    """Linear warm-up over the first steps, then cosine decay to zero (SPEC 6), as a LambdaLR factor."""
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-
-    return factor
-
-
-def autocast_for(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def _broadcast(obj):

@@ -101,7 +101,10 @@ class OpenVideo:
             raise IndexError(
                 f"frame indices {idx.min()}..{idx.max()} out of range for {n} frames of {self.path}"
             )
-        return _read(self.path, self._reader, np.where(idx < 0, idx + n, idx).tolist())
+        # decord seeks back to a key frame whenever an index goes backwards; the evaluation layout interleaves
+        # two groups, so decoding each distinct frame once, in file order, saves about a tenth of the CPU.
+        wanted, where = np.unique(np.where(idx < 0, idx + n, idx), return_inverse=True)
+        return _read(self.path, self._reader, wanted.tolist())[where]
 
 
 def open_video(
