@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint folder of a run")
             sub.add_argument("--split", default="test", choices=("train", "val", "test"))
 
+    sweep = commands.add_parser("tune", help="a Ray Tune sweep of prompt size and loss weights")
+    sweep.add_argument("--config", required=True, type=Path, help="sweep YAML, e.g. configs/sweep-demo.yaml")
+    sweep.add_argument("--name", help="the sweep's name (default: the file's); the same name resumes it")
+    sweep.add_argument("--samples", type=int, help="trials (default: the file's search.num_samples)")
+    sweep.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+    sweep.set_defaults(run=_tune)
+
     data = commands.add_parser("data", help="prepare, generate, cache and check video datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
 
@@ -132,6 +139,18 @@ def _train(args) -> int:
     print(f"Ray: {connect(args.address)}", flush=True)
     fit(run)
     return 0
+
+
+def _tune(args) -> int:
+    from orchestrator.sweep_config import load_sweep
+
+    sweep = load_sweep(args.config, name=args.name, num_samples=args.samples)  # checked before Ray starts
+    from orchestrator.ray_runtime import connect
+    from orchestrator.sweep import run_sweep
+
+    print(f"Ray: {connect(args.address)}", flush=True)
+    outcomes = run_sweep(sweep)
+    return 0 if any(o.best is not None for o in outcomes) else 1
 
 
 def _eval(args) -> int:

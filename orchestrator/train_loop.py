@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -155,6 +156,7 @@ class Progress:
             f"epoch {state.epoch + 1}  step {state.step}/{self.total_steps}  loss {m['loss']:.3f} ({parts})  "
             f"{m['samples_per_second']:.1f} samples/s  data wait {m['data_wait_fraction']:.0%}  "
             f"ETA {_duration(remaining)}",
+            file=_CONSOLE,
             flush=True,
         )
 
@@ -163,8 +165,15 @@ class Progress:
             f"validation at step {state.step}: t2v R@1 {scores['t2v_recall_at_1']:.1f}  "
             f"R@5 {scores['t2v_recall_at_5']:.1f}  v2t R@1 {scores['v2t_recall_at_1']:.1f}  "
             f"(best t2v R@1 {state.best_score:.1f})",
+            file=_CONSOLE,
             flush=True,
         )
+
+
+# Ray Train patches `print` in its workers to log each line, and prints the line as well whenever sys.stdout
+# is wrapped by some library, as it is in these workers: every line came out twice. Printing to the real
+# stdout bypasses the patch; Ray still forwards that stream to the driver's console.
+_CONSOLE = sys.__stdout__
 
 
 def _duration(seconds: float) -> str:

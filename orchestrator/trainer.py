@@ -15,7 +15,7 @@ from orchestrator.config_io import config_to_dict, dump_config, flatten_config
 from orchestrator.launch import train_loop
 from orchestrator.scoring import score_checkpoint
 from orchestrator.tracking import Tracker, find_run_by_name, log_best_model, resolve_tracking_uri
-from pipelines.dataset import eval_dataset, prepare_data, train_dataset
+from pipelines.dataset import PreparedData, eval_dataset, prepare_data, train_dataset
 
 SCORE = "val_t2v_recall_at_1"
 
@@ -23,30 +23,80 @@ SCORE = "val_t2v_recall_at_1"
 def fit(run: RunConfig, project_dir: Path | None = None) -> dict[str, float]:
     """Train `run`, or resume it when a run of that name already has storage; returns the test metrics."""
     data = prepare_data(run.data, run.model.frames_per_group)
+    uri = resolve_tracking_uri(run.tracking.tracking_uri, project_dir or Path.cwd())
+    tracker = open_tracking_run(run, data, uri)
+    try:
+        result = make_trainer(run, data, tracker).fit()
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    best = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
+    metrics = {}
+    if "test" in data.splits:
+        test = score_checkpoint(best, run, data, "test")
+        metrics = {f"test_{k}": v for k, v in test.items()}
+        tracker.log_metrics(metrics, total_steps(run, data))
+        print("\ntest (best checkpoint by validation t2v R@1):\n" + format_metrics_table(test), flush=True)
+    tracker.log_dict_artifact(metrics | (result.metrics or {}), "final_metrics.json")
+    log_training_plots(tracker, metrics)
+    with best.as_directory() as folder:
+        log_best_model(
+            tracker,
+            Path(folder) / "model.safetensors",
+            dump_config(run),
+            run.tracking.register_as,
+            run.tracking.alias,
+        )
+    tracker.finish("FINISHED")
+    print(f"\nMLflow run {tracker.run_id}: `make mlflow-ui`, then open http://127.0.0.1:5000", flush=True)
+    print(json.dumps(metrics, indent=1), flush=True)
+    return metrics
+
+
+def open_tracking_run(
+    run: RunConfig, data: PreparedData, uri: str, parent_run_id: str | None = None
+) -> Tracker:
+    """The MLflow run of this training job: a new one, or the one of the same name when its storage exists.
+
+    `parent_run_id` nests the run under a sweep's run.
+    """
     for split in ("train", "val"):
         if split not in data.splits:
             raise ValueError(
                 f"the manifest {run.data.manifest} has no {split} split; see promptswitch data prepare"
             )
-    uri = resolve_tracking_uri(run.tracking.tracking_uri, project_dir or Path.cwd())
     resuming = (Path(run.storage_path) / run.name).exists()
     run_id = find_run_by_name(uri, run.tracking.experiment, run.name) if resuming else None
-    tracker = Tracker.start(uri, run.tracking.experiment, run.name, run_id, params=flatten_config(run))
+    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+    tracker = Tracker.start(
+        uri, run.tracking.experiment, run.name, run_id, params=flatten_config(run), tags=tags
+    )
     if run_id is None:
         tracker.log_text(dump_config(run), "config.yaml")
     tracker.log_dict_artifact(data.report.as_dict(), "bad_videos.json")
     print(f"MLflow run {tracker.run_id} ({'resumed' if run_id else 'new'}) at {uri}", flush=True)
+    return tracker
 
+
+def total_steps(run: RunConfig, data: PreparedData) -> int:
     steps_per_epoch = len(data.splits["train"].captions) // run.train.batch_size
-    total_steps = min(run.train.max_steps or 2**62, run.train.epochs * steps_per_epoch)
-    if total_steps < 1:
-        raise ValueError(f"train.batch_size={run.train.batch_size} is larger than the training set")
-    trainer = TorchTrainer(
+    steps = min(run.train.max_steps or 2**62, run.train.epochs * steps_per_epoch)
+    if steps < 1:
+        raise ValueError(
+            f"train.batch_size={run.train.batch_size} is larger than the training set "
+            f"({len(data.splits['train'].captions)} captions)"
+        )
+    return steps
+
+
+def make_trainer(run: RunConfig, data: PreparedData, tracker: Tracker, callbacks=()) -> TorchTrainer:
+    """The Ray Train job of `run`: workers, datasets, checkpoints kept by validation t2v R@1, retries."""
+    return TorchTrainer(
         train_loop,
         train_loop_config={
             "run": config_to_dict(run),
-            "total_steps": total_steps,
-            "tracking_uri": uri,
+            "total_steps": total_steps(run, data),
+            "tracking_uri": tracker.uri,
             "mlflow_run_id": tracker.run_id,
             "eval_splits": ["val"],
             "val_captions": data.splits["val"].captions.select(["video_index", "caption"]),
@@ -66,6 +116,7 @@ def fit(run: RunConfig, project_dir: Path | None = None) -> dict[str, float]:
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=run.train.max_failures),
+            callbacks=list(callbacks),
         ),
         datasets={
             "train": train_dataset(data, run.data, run.model.frames_per_group),
@@ -73,30 +124,8 @@ def fit(run: RunConfig, project_dir: Path | None = None) -> dict[str, float]:
         },
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    try:
-        result = trainer.fit()
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    best = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
-    metrics = {}
-    if "test" in data.splits:
-        test = score_checkpoint(best, run, data, "test")
-        metrics = {f"test_{k}": v for k, v in test.items()}
-        tracker.log_metrics(metrics, total_steps)
-        print("\ntest (best checkpoint by validation t2v R@1):\n" + format_metrics_table(test), flush=True)
-    tracker.log_dict_artifact(metrics | (result.metrics or {}), "final_metrics.json")
+
+
+def log_training_plots(tracker: Tracker, final_metrics: dict[str, float]) -> None:
     curves = ("loss", "loss_contrastive", "loss_caption", "val_t2v_recall_at_1", "val_v2t_recall_at_1")
-    tracker.log_plots(tracker.metric_history(*curves), metrics)
-    with best.as_directory() as folder:
-        log_best_model(
-            tracker,
-            Path(folder) / "model.safetensors",
-            dump_config(run),
-            run.tracking.register_as,
-            run.tracking.alias,
-        )
-    tracker.finish("FINISHED")
-    print(f"\nMLflow run {tracker.run_id}: `make mlflow-ui`, then open http://127.0.0.1:5000", flush=True)
-    print(json.dumps(metrics, indent=1), flush=True)
-    return metrics
+    tracker.log_plots(tracker.metric_history(*curves), final_metrics)

@@ -55,6 +55,7 @@ def test_a_short_training_logs_everything_to_mlflow(manifest, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "step 4/4" in result.stdout and "test (best checkpoint" in result.stdout
+    assert result.stdout.count("step 4/4") == 1, "each progress line is printed once"
 
     client, runs = runs_named(tmp_path, "short")
     assert len(runs) == 1
