@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint demo bench clean mlflow-ui
+.PHONY: install test lint demo sweep bench clean mlflow-ui
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ DEMO_DATA := data/synth/manifest.parquet
 # validation and test, MLflow in ./mlflow.db. Running it again resumes (or re-scores) run "demo".
 demo: $(STAMP) $(DEMO_DATA)
 	$(VENV)/bin/promptswitch train --config configs/demo.yaml
+
+# A Ray Tune sweep on the demo's data: 6 trials of the demo preset with a shorter budget, early-stopped by
+# ASHA, nested MLflow runs; prints a leaderboard and the command that trains the best configuration.
+sweep: $(STAMP) $(DEMO_DATA)
+	$(VENV)/bin/promptswitch tune --config configs/sweep-demo.yaml
 
 $(DEMO_DATA): | $(STAMP)
 	$(VENV)/bin/promptswitch data synth --out data/synth --videos 144 --seed 24

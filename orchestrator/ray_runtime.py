@@ -23,8 +23,7 @@ def connect(
 
     Returns what it did: "joined <address>" or "local".
     """
-    # Ray Data's progress bars would bury the training progress line; its logs still go to the session dir.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    quiet_data_progress()
     if ray.is_initialized():
         return "already connected"
     address = address or os.environ.get("RAY_ADDRESS")
@@ -43,3 +42,11 @@ def connect(
         runtime_env={"env_vars": _LOOPBACK_ENV},
     )
     return "local"
+
+
+def quiet_data_progress() -> None:
+    """Ray Data's progress bars would bury the training progress line; its logs still go to the session dir.
+
+    A setting of the process that builds the datasets: the driver, or a sweep's trial.
+    """
+    ray.data.DataContext.get_current().enable_progress_bars = False

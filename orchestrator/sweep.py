@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,11 @@ import ray
 from ray import tune
 
 from orchestrator.config_io import dump_config
+from orchestrator.ray_runtime import quiet_data_progress
 from orchestrator.sweep_config import METRIC, SweepConfig
-from orchestrator.tracking import Tracker, find_run_by_name, resolve_tracking_uri
+from orchestrator.tracking import Tracker, find_run_by_name, new_figure, resolve_tracking_uri
 from orchestrator.tracking_server import tracking_server
-from orchestrator.trainer import log_training_plots, make_trainer, open_tracking_run
+from orchestrator.trainer import log_training_plots, make_trainer, open_tracking_run, total_steps
 from pipelines.dataset import PreparedData, prepare_data
 
 DECODE_CPUS = 1  # kept free per trial for its Ray Data decoding tasks, beside its training workers
@@ -35,6 +37,7 @@ DECODE_CPUS = 1  # kept free per trial for its Ray Data decoding tasks, beside i
 # needs a non-zero request, and a whole CPU here would be one that decoding could not use.
 TRIAL_CPUS = 0.01
 STOPPED_EARLY_TAG = "promptswitch.stopped_early"
+_TRIAL_DIR = re.compile(r"^_trial_([0-9a-f]+_\d+)_")  # Tune's folder of a trial: <trainable>_<trial id>_...
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,10 @@ def run_sweep(sweep: SweepConfig, project_dir: Path | None = None) -> list[Trial
         )
         try:
             results = _tuner(sweep, data, uri, parent.run_id).fit()
-            outcomes = _outcomes(sweep, results)
-            _close_trial_runs(sweep, uri, base.tracking.experiment, outcomes)
+            outcomes = _outcomes(sweep, results, uri, base.tracking.experiment)
             _log_summary(sweep, parent, outcomes)
-        except BaseException:
-            parent.finish("FAILED")
+        except BaseException as e:
+            parent.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
         parent.finish("FINISHED")
     _print_leaderboard(sweep, outcomes)
@@ -77,7 +79,7 @@ def trial_concurrency(sweep: SweepConfig) -> int:
     """How many trials the cluster holds at once: the configured number, else from its CPUs and GPUs."""
     if sweep.max_concurrent:
         return sweep.max_concurrent
-    train = sweep.trial_config({}, "check", sweep.base().storage_path).train
+    train = sweep.base_trial().train
     total = ray.cluster_resources()
     per_trial = TRIAL_CPUS + train.num_workers * train.cpus_per_worker + DECODE_CPUS
     fits = math.floor(total.get("CPU", 1) / per_trial)
@@ -89,6 +91,7 @@ def trial_concurrency(sweep: SweepConfig) -> int:
 def _trial(params: dict, *, sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    quiet_data_progress()  # this trial's process builds its datasets: no progress bars from it either
     name = f"{sweep.name}-{tune.get_context().get_trial_id()}"
     run = sweep.trial_config(params, name, _trials_dir(sweep))
     tracker = open_tracking_run(run, data, uri, parent_run_id=parent_run_id)
@@ -110,10 +113,11 @@ def _tuner(sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str)
     if tune.Tuner.can_restore(path):
         print(f"resuming the sweep at {path}", flush=True)
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False)
-    trial = sweep.trial_config({}, "check", sweep.base().storage_path)
-    evaluations = math.ceil((trial.train.max_steps or 1) / trial.train.eval_every_steps)
+    trial = sweep.base_trial()
+    # ASHA's last rung: the evaluations of a whole trial (of the base trial; batch sizes may vary).
+    evaluations = math.ceil(total_steps(trial, data) / trial.train.eval_every_steps)
     concurrency = trial_concurrency(sweep)
-    search_alg, space, samples = _search(sweep, concurrency)
+    search_alg, space = _search(sweep, concurrency)
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -127,7 +131,7 @@ def _tuner(sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str)
                 grace_period=sweep.grace_period,
                 reduction_factor=sweep.reduction_factor,
             ),
-            num_samples=samples,
+            num_samples=sweep.num_samples,
             max_concurrent_trials=concurrency if sweep.algorithm == "tpe" else None,
         ),
         run_config=tune.RunConfig(name=sweep.name, storage_path=str(path.parent), verbose=1),
@@ -135,14 +139,14 @@ def _tuner(sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str)
 
 
 def _search(sweep: SweepConfig, concurrency: int):
-    """(search algorithm, param_space, num_samples) for the configured algorithm.
+    """(search algorithm, param_space) for the configured algorithm.
 
     Tune applies `max_concurrent_trials` to a Searcher (Optuna) only; a BasicVariantGenerator (random and
     grid) silently ignores it and must be given the limit itself.
     """
     if sweep.algorithm == "grid":
         space = {p.key: tune.grid_search(list(p.values)) for p in sweep.space}
-        return _variants(sweep, concurrency), space, sweep.num_samples
+        return _variants(sweep, concurrency), space
     domains = {
         "choice": lambda v: tune.choice(list(v)),
         "uniform": lambda v: tune.uniform(*v),
@@ -150,11 +154,11 @@ def _search(sweep: SweepConfig, concurrency: int):
     }
     space = {p.key: domains[p.distribution](p.values) for p in sweep.space}
     if sweep.algorithm == "random":
-        return _variants(sweep, concurrency), space, sweep.num_samples
+        return _variants(sweep, concurrency), space
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep.seed)), space, sweep.num_samples
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep.seed)), space
 
 
 def _variants(sweep: SweepConfig, concurrency: int):
@@ -167,41 +171,41 @@ def _trials_dir(sweep: SweepConfig) -> str:
     return str(Path(sweep.base().storage_path) / f"{sweep.name}-trials")
 
 
-def _outcomes(sweep: SweepConfig, results) -> list[TrialOutcome]:
+def _outcomes(sweep: SweepConfig, results, uri: str, experiment: str) -> list[TrialOutcome]:
+    """Each trial's outcome, best first; the MLflow runs of trials that ended without closing get closed.
+
+    A trial that returns closes its own run as FINISHED. ASHA stops a trial by aborting its TorchTrainer,
+    which leaves its run RUNNING or FAILED although Tune reports no error: such a run was stopped early and
+    becomes KILLED, tagged `promptswitch.stopped_early`.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
     outcomes = []
     for result in results:
         history = result.metrics_dataframe
         scores = history[METRIC].dropna() if history is not None and METRIC in history else []
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]
-        params = {p.key: result.config.get(p.key) for p in sweep.space}
-        if result.error:
-            status, error = "FAILED", str(result.error).strip().splitlines()[-1][:300]
+        trial_id = (result.metrics or {}).get("trial_id") or _TRIAL_DIR.match(Path(result.path).name)[1]
+        # A trial that failed before reporting has no config in its Result; Tune wrote it beside.
+        config = result.config or json.loads((Path(result.path) / "params.json").read_text())
+        run_id = find_run_by_name(uri, experiment, f"{sweep.name}-{trial_id}")
+        run = client.get_run(run_id) if run_id else None
+        error = str(result.error).strip().splitlines()[-1][:300] if result.error else ""
+        if error:
+            status = "FAILED"
+        elif run and (run.info.status == "FINISHED"):
+            status = "FINISHED"
         else:
-            done = (result.metrics or {}).get("done") or len(scores) >= _evaluations(sweep)
-            status, error = ("FINISHED" if done else "STOPPED"), ""
+            status = "STOPPED"
+        mlflow_status = {"FINISHED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}[status]
+        if run and run.info.status != mlflow_status:
+            if status == "STOPPED":
+                client.set_tag(run_id, STOPPED_EARLY_TAG, "true")
+            client.set_terminated(run_id, status=mlflow_status)
+        params = {p.key: config.get(p.key) for p in sweep.space}
         best = float(max(scores)) if len(scores) else None
         outcomes.append(TrialOutcome(trial_id, params, status, best, len(scores), error))
     return sorted(outcomes, key=lambda o: (o.best is None, -(o.best or 0.0)))
-
-
-def _evaluations(sweep: SweepConfig) -> int:
-    train = sweep.trial_config({}, "check", sweep.base().storage_path).train
-    return math.ceil((train.max_steps or 1) / train.eval_every_steps)
-
-
-def _close_trial_runs(sweep: SweepConfig, uri: str, experiment: str, outcomes: list[TrialOutcome]) -> None:
-    """A trial stopped by ASHA is killed mid-run: its MLflow run is closed here, as KILLED and tagged."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    for o in outcomes:
-        run_id = find_run_by_name(uri, experiment, f"{sweep.name}-{o.trial_id}")
-        if run_id is None:
-            continue
-        if o.status == "STOPPED":
-            client.set_tag(run_id, STOPPED_EARLY_TAG, "true")
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, status="FAILED" if o.status == "FAILED" else "KILLED")
 
 
 def _sweep_params(sweep: SweepConfig) -> dict[str, str]:
@@ -240,9 +244,7 @@ def _log_summary(sweep: SweepConfig, parent: Tracker, outcomes: list[TrialOutcom
 
 
 def _param_figure(param, scored: list[TrialOutcome]):
-    from orchestrator.tracking import _figure
-
-    fig, ax = _figure(5, 3.6)
+    fig, (ax,) = new_figure(5, 3.6)
     xs = [o.params[param.key] for o in scored]
     ys = [o.best for o in scored]
     markers = {"FINISHED": "o", "STOPPED": "x"}
@@ -256,7 +258,6 @@ def _param_figure(param, scored: list[TrialOutcome]):
     ax.set_ylabel("best validation t2v R@1 (%)")
     ax.set_title(f"{param.key} ({param.distribution})")
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
     return fig
 
 

@@ -69,6 +69,10 @@ class SweepConfig:
         overrides = [*self.base_overrides, *self.trial_overrides, *self.param_overrides(params)]
         return load_config(self.base_path, [*overrides, f"name={name}", f"storage_path={storage_path}"])
 
+    def base_trial(self) -> RunConfig:
+        """A trial's configuration before its parameters: what every trial's budget and resources are."""
+        return self.trial_config({}, f"{self.name}-trial", self.base().storage_path)
+
     def param_overrides(self, params: dict[str, Any]) -> list[str]:
         """`key=value` overrides for `params`, with the frame groups that keep the frame counts."""
         out = [f"{key}={_yaml_scalar(value)}" for key, value in params.items()]
@@ -154,8 +158,8 @@ def validate(sweep: SweepConfig) -> None:
         if p.key == PROMPT_SIZE:
             _check_prompt_sizes(p, base)
         for value in p.values:  # the training config's checks on every choice, or on both ends of a range
-            sweep.trial_config({p.key: value}, "check", base.storage_path)
-    trial = sweep.trial_config({}, "check", base.storage_path)
+            sweep.trial_config({p.key: value}, f"{sweep.name}-trial", base.storage_path)
+    trial = sweep.base_trial()
     require(
         trial.train.eval_every_steps is not None,
         "trial_overrides",

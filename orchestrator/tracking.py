@@ -446,7 +446,8 @@ def _plain(obj: Any) -> Any:
 # ---- plots (matplotlib's Agg canvas on a bare Figure: no pyplot, no global backend) ---------------------
 
 
-def _figure(width: float, height: float, ncols: int = 1):
+def new_figure(width: float, height: float, ncols: int = 1):
+    """A matplotlib Figure with `ncols` axes, drawn off-screen (no pyplot state, safe in any process)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -467,7 +468,7 @@ def _recall_figure(final_metrics: Mapping[str, float], run_name: str):
             splits.append((label, directions))
     if not splits:
         return None
-    fig, axes = _figure(5.5 * len(splits), 4.2, ncols=len(splits))
+    fig, axes = new_figure(5.5 * len(splits), 4.2, ncols=len(splits))
     names = {"t2v": "text -> video", "v2t": "video -> text"}
     colors = {"t2v": "tab:blue", "v2t": "tab:orange"}
     width = 0.38
@@ -500,7 +501,7 @@ def _loss_figure(history: Mapping[str, list[tuple[int, float]]], run_name: str):
             series.append((title, points))
     if not series:
         return None
-    fig, axes = _figure(4.2 * len(series), 3.6, ncols=len(series))
+    fig, axes = new_figure(4.2 * len(series), 3.6, ncols=len(series))
     for ax, (title, points) in zip(axes, series, strict=True):
         steps, values = zip(*points, strict=True)
         if len(values) >= 50:  # noisy per-step losses: faint raw curve, smoothed curve on top
@@ -522,7 +523,7 @@ def _val_r1_figure(history: Mapping[str, list[tuple[int, float]]], run_name: str
     series = [(label, points) for label, points in series if points]
     if not series:
         return None
-    fig, (ax,) = _figure(6.0, 4.0)
+    fig, (ax,) = new_figure(6.0, 4.0)
     for label, points in series:
         steps, values = zip(*points, strict=True)
         (line,) = ax.plot(steps, values, marker="o", markersize=4, label=label)
