@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint demo sweep bench clean mlflow-ui
+.PHONY: install test lint demo sweep bench clean mlflow-ui cluster-test
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ sweep: $(STAMP) $(DEMO_DATA)
 
 $(DEMO_DATA): | $(STAMP)
 	$(VENV)/bin/promptswitch data synth --out data/synth --videos 144 --seed 24
+
+# README's cluster workflow for real (root only): ray up of cluster.yaml's local variant with a worker node
+# in its own network namespace, ray submit of train.py, the MLflow run and node ids checked, ray down.
+cluster-test: $(STAMP)
+	bash tests/cluster/cluster_test.sh
 
 bench: $(STAMP)
 	$(PY) bench/model_cost.py

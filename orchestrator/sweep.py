@@ -65,7 +65,7 @@ def run_sweep(sweep: SweepConfig, project_dir: Path | None = None) -> list[Trial
         )
         try:
             results = _tuner(sweep, data, uri, parent.run_id).fit()
-            outcomes = _outcomes(sweep, results, uri, base.tracking.experiment)
+            outcomes = _outcomes(sweep, results, data, uri)
             _log_summary(sweep, parent, outcomes)
         except BaseException as e:
             parent.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -95,13 +95,8 @@ def _trial(params: dict, *, sweep: SweepConfig, data: PreparedData, uri: str, pa
     name = f"{sweep.name}-{tune.get_context().get_trial_id()}"
     run = sweep.trial_config(params, name, _trials_dir(sweep))
     tracker = open_tracking_run(run, data, uri, parent_run_id=parent_run_id)
-    try:
-        make_trainer(run, data, tracker, callbacks=[TuneReportCallback()]).fit()
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    log_training_plots(tracker, {})
-    tracker.finish("FINISHED")
+    # Tune usually ends this process right after the last report: the driver closes the run (`_outcomes`).
+    make_trainer(run, data, tracker, callbacks=[TuneReportCallback()]).fit()
 
 
 def _tuner(sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str) -> tune.Tuner:
@@ -115,7 +110,7 @@ def _tuner(sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str)
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False)
     trial = sweep.base_trial()
     # ASHA's last rung: the evaluations of a whole trial (of the base trial; batch sizes may vary).
-    evaluations = math.ceil(total_steps(trial, data) / trial.train.eval_every_steps)
+    evaluations = planned_evaluations(trial, data)
     concurrency = trial_concurrency(sweep)
     search_alg, space = _search(sweep, concurrency)
     return tune.Tuner(
@@ -171,16 +166,14 @@ def _trials_dir(sweep: SweepConfig) -> str:
     return str(Path(sweep.base().storage_path) / f"{sweep.name}-trials")
 
 
-def _outcomes(sweep: SweepConfig, results, uri: str, experiment: str) -> list[TrialOutcome]:
-    """Each trial's outcome, best first; the MLflow runs of trials that ended without closing get closed.
+def _outcomes(sweep: SweepConfig, results, data: PreparedData, uri: str) -> list[TrialOutcome]:
+    """Each trial's outcome, best first, with its MLflow run closed to match and its plots logged.
 
-    A trial that returns closes its own run as FINISHED. ASHA stops a trial by aborting its TorchTrainer,
-    which leaves its run RUNNING or FAILED although Tune reports no error: such a run was stopped early and
-    becomes KILLED, tagged `promptswitch.stopped_early`.
+    Tune stops a trial as soon as it reports its last evaluation (ASHA's max_t) or falls behind at a rung,
+    by aborting its TorchTrainer, so a trial's process rarely closes its own run: its status is decided
+    here, from Tune's error and the evaluations it made.
     """
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    experiment = sweep.base().tracking.experiment
     outcomes = []
     for result in results:
         history = result.metrics_dataframe
@@ -188,24 +181,35 @@ def _outcomes(sweep: SweepConfig, results, uri: str, experiment: str) -> list[Tr
         trial_id = (result.metrics or {}).get("trial_id") or _TRIAL_DIR.match(Path(result.path).name)[1]
         # A trial that failed before reporting has no config in its Result; Tune wrote it beside.
         config = result.config or json.loads((Path(result.path) / "params.json").read_text())
-        run_id = find_run_by_name(uri, experiment, f"{sweep.name}-{trial_id}")
-        run = client.get_run(run_id) if run_id else None
+        params = {p.key: config.get(p.key) for p in sweep.space}
         error = str(result.error).strip().splitlines()[-1][:300] if result.error else ""
         if error:
             status = "FAILED"
-        elif run and (run.info.status == "FINISHED"):
-            status = "FINISHED"
         else:
-            status = "STOPPED"
-        mlflow_status = {"FINISHED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}[status]
-        if run and run.info.status != mlflow_status:
-            if status == "STOPPED":
-                client.set_tag(run_id, STOPPED_EARLY_TAG, "true")
-            client.set_terminated(run_id, status=mlflow_status)
-        params = {p.key: config.get(p.key) for p in sweep.space}
+            trial = sweep.trial_config(params, f"{sweep.name}-{trial_id}", _trials_dir(sweep))
+            status = "FINISHED" if len(scores) >= planned_evaluations(trial, data) else "STOPPED"
         best = float(max(scores)) if len(scores) else None
-        outcomes.append(TrialOutcome(trial_id, params, status, best, len(scores), error))
+        outcome = TrialOutcome(trial_id, params, status, best, len(scores), error)
+        _close_trial_run(sweep, outcome, uri, experiment)
+        outcomes.append(outcome)
     return sorted(outcomes, key=lambda o: (o.best is None, -(o.best or 0.0)))
+
+
+def planned_evaluations(run, data: PreparedData) -> int:
+    return math.ceil(total_steps(run, data) / run.train.eval_every_steps)
+
+
+def _close_trial_run(sweep: SweepConfig, outcome: TrialOutcome, uri: str, experiment: str) -> None:
+    name = f"{sweep.name}-{outcome.trial_id}"
+    run_id = find_run_by_name(uri, experiment, name)
+    if run_id is None:  # failed before its run existed
+        return
+    tracker = Tracker.start(uri, experiment, name, run_id)
+    if outcome.status == "STOPPED":
+        tracker.client.set_tag(run_id, STOPPED_EARLY_TAG, "true")
+    if outcome.evaluations:
+        log_training_plots(tracker, {})
+    tracker.finish({"FINISHED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}[outcome.status])
 
 
 def _sweep_params(sweep: SweepConfig) -> dict[str, str]:
