@@ -55,7 +55,7 @@ def run_sweep(sweep: SweepConfig, project_dir: Path | None = None) -> list[Trial
     base = sweep.base()
     data = prepare_data(base.data, base.model.frames_per_group)
     store = resolve_tracking_uri(base.tracking.tracking_uri, project_dir or Path.cwd())
-    with tracking_server(store) as uri:
+    with tracking_server(store, log_dir=Path(base.storage_path)) as uri:
         parent_id = find_run_by_name(uri, base.tracking.experiment, sweep.name)
         parent = Tracker.start(
             uri, base.tracking.experiment, sweep.name, parent_id, params=_sweep_params(sweep)
