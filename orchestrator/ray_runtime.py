@@ -39,7 +39,7 @@ def connect(
         object_store_memory=object_store_mb * 1024**2,  # Ray's default asks for ~30% of RAM
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
-        runtime_env={"env_vars": _LOOPBACK_ENV},
+        runtime_env={"env_vars": _LOOPBACK_ENV, "worker_process_setup_hook": pin_cluster_address},
     )
     return "local"
 
@@ -50,3 +50,14 @@ def quiet_data_progress() -> None:
     A setting of the process that builds the datasets: the driver, or a sweep's trial.
     """
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def pin_cluster_address() -> None:
+    """Run in every worker of a local cluster: point Ray's own address lookups at this cluster.
+
+    Ray Train's PlacementGroupCleaner asks the State API whether the training controller is alive; with no
+    address that API searches the machine for Ray instances and fails as soon as it finds two (a test
+    suite's cluster beside a job's, two users' jobs). The cleaner then dies, and a sweep trial that Tune
+    stops leaves its workers' placement group reserved: the next trial's decoding waits for CPUs forever.
+    """
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address

@@ -18,7 +18,7 @@ from orchestrator.config_io import (
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-PRESETS = sorted(CONFIGS.glob("*.yaml"))
+PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("sweep-"))  # training presets
 PAPER = [p for p in PRESETS if p.stem != "demo"]
 
 

@@ -31,3 +31,15 @@ def test_a_local_cluster_listens_on_loopback_only(ray_local):
     assert listening, "found no listening Ray sockets to check"
     exposed = [s for s in listening if not ipaddress.ip_address(s[1].removeprefix("::ffff:")).is_loopback]
     assert not exposed, exposed
+
+
+def test_workers_know_their_own_cluster(ray_local):
+    """Ray's State API inside workers must not search the machine for clusters (see pin_cluster_address)."""
+    import os
+
+    @ray_local.remote
+    def address() -> tuple[str | None, str]:
+        return os.environ.get("RAY_ADDRESS"), ray_local.get_runtime_context().gcs_address
+
+    pinned, own = ray_local.get(address.remote())
+    assert pinned == own

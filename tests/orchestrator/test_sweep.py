@@ -52,7 +52,9 @@ def run_sweep(path: Path, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_a_tiny_sweep_nests_its_trials_and_survives_a_failing_one(manifest, tmp_path):
+def test_a_tiny_sweep_nests_its_trials_and_survives_a_failing_one(ray_local, manifest, tmp_path):
+    # `ray_local` keeps a second Ray instance on the machine: Ray Train's placement-group cleaner once failed
+    # then, and a stopped trial's reserved CPUs starved the next trial's decoding.
     path = sweep_file(tmp_path, manifest)
     result = run_sweep(path, tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
