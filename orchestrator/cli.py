@@ -146,10 +146,14 @@ def _tune(args) -> int:
 
     sweep = load_sweep(args.config, name=args.name, num_samples=args.samples)  # checked before Ray starts
     from orchestrator.ray_runtime import connect
-    from orchestrator.sweep import run_sweep
+    from orchestrator.sweep import SweepInterrupted, run_sweep
 
     print(f"Ray: {connect(args.address)}", flush=True)
-    outcomes = run_sweep(sweep)
+    try:
+        outcomes = run_sweep(sweep)
+    except SweepInterrupted as e:
+        print(f"promptswitch: {e}", file=sys.stderr)
+        return 130
     return 0 if any(o.best is not None for o in outcomes) else 1
 
 

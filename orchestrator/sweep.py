@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,10 @@ DECODE_CPUS = 1  # kept free per trial for its Ray Data decoding tasks, beside i
 TRIAL_CPUS = 0.01
 STOPPED_EARLY_TAG = "promptswitch.stopped_early"
 _TRIAL_DIR = re.compile(r"^_trial_([0-9a-f]+_\d+)_")  # Tune's folder of a trial: <trainable>_<trial id>_...
+
+
+class SweepInterrupted(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -64,15 +70,35 @@ def run_sweep(sweep: SweepConfig, project_dir: Path | None = None) -> list[Trial
             f"MLflow sweep run {parent.run_id} ({'resumed' if parent_id else 'new'}) at {store}", flush=True
         )
         try:
-            results = _tuner(sweep, data, uri, parent.run_id).fit()
+            results, interrupted = _fit(_tuner(sweep, data, uri, parent.run_id))
+            if interrupted:
+                raise SweepInterrupted(f"sweep {sweep.name!r} interrupted; the same command resumes it")
             outcomes = _outcomes(sweep, results, data, uri)
             _log_summary(sweep, parent, outcomes)
         except BaseException as e:
-            parent.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            parent.finish("KILLED" if isinstance(e, (KeyboardInterrupt, SweepInterrupted)) else "FAILED")
             raise
         parent.finish("FINISHED")
     _print_leaderboard(sweep, outcomes)
     return outcomes
+
+
+def _fit(tuner: tune.Tuner):
+    """(results, interrupted). Tune catches the first Ctrl-C, saves the sweep, stops its trials and returns
+    as if done; it does put back the SIGINT handler it found, which is how the interrupt shows here."""
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit(), False  # no signals there, for Tune or for us
+    previous = signal.getsignal(signal.SIGINT)
+
+    def marker(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, marker)
+    try:
+        results = tuner.fit()
+        return results, signal.getsignal(signal.SIGINT) is marker
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def trial_concurrency(sweep: SweepConfig) -> int:

@@ -65,7 +65,9 @@ def open_tracking_run(
             raise ValueError(
                 f"the manifest {run.data.manifest} has no {split} split; see promptswitch data prepare"
             )
-    resuming = (Path(run.storage_path) / run.name).exists()
+    # A sweep's trial names are unique to it, so a trial always continues its run: it may have been cut
+    # short before its Ray Train storage existed.
+    resuming = parent_run_id is not None or (Path(run.storage_path) / run.name).exists()
     run_id = find_run_by_name(uri, run.tracking.experiment, run.name) if resuming else None
     tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
     tracker = Tracker.start(

@@ -1,7 +1,9 @@
 """A tiny sweep end to end: `train.py --sweep` on local Ray, the trials logged to MLflow through a server."""
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,28 +48,51 @@ def sweep_file(tmp_path, manifest) -> Path:
     return path
 
 
-def run_sweep(path: Path, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(ROOT / "train.py"), "--sweep", str(path)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=cwd)
+def sweep_command(path: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), "--sweep", str(path)]
+
+
+def interrupt_after_first_trial(path: Path, cwd: Path) -> tuple[int, str]:
+    """Start the sweep, Ctrl-C it once its second trial has started; its exit status and output."""
+    log = cwd / "interrupted.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(sweep_command(path), stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+        trials = cwd / "runs" / "sweep-test-trials"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and driver.poll() is None:
+            if trials.is_dir() and len(list(trials.iterdir())) >= 2:
+                time.sleep(3)
+                break
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGINT)
+        code = driver.wait(timeout=300)
+    return code, log.read_text()
 
 
 @pytest.mark.slow
-def test_a_tiny_sweep_nests_its_trials_and_survives_a_failing_one(ray_local, manifest, tmp_path):
+def test_a_tiny_sweep_nests_its_trials_survives_a_failing_one_and_resumes(ray_local, manifest, tmp_path):
     # `ray_local` keeps a second Ray instance on the machine: Ray Train's placement-group cleaner once failed
     # then, and a stopped trial's reserved CPUs starved the next trial's decoding.
     path = sweep_file(tmp_path, manifest)
-    result = run_sweep(path, tmp_path)
+    code, output = interrupt_after_first_trial(path, tmp_path)
+    assert code == 130 and "interrupted; the same command resumes it" in output, output[-4000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("promptswitch-demo")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`mlflow.runName` = 'sweep-test'")
+    assert parent.info.status == "KILLED"
+
+    # The same name again resumes: the finished trial is kept, the others run, the parent run continues.
+    result = subprocess.run(sweep_command(path), capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "resuming the sweep" in result.stdout
     assert "Train the best configuration in full:" in result.stdout
     assert "failed:" in result.stdout and "larger than the training set" in result.stdout
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("promptswitch-demo")
     (parent,) = client.search_runs([experiment.experiment_id], "tags.`mlflow.runName` = 'sweep-test'")
     assert parent.info.status == "FINISHED"
     parent_id = parent.info.run_id
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    assert len(children) == 4
+    assert len(children) == 4  # no trial ran twice
     by_batch = {c.data.params["train.batch_size"]: c for c in children}
     assert set(by_batch) == {"4", "6", "8", "4096"}
     assert by_batch["4096"].info.status == "FAILED"
@@ -92,12 +117,3 @@ def test_a_tiny_sweep_nests_its_trials_and_survives_a_failing_one(ray_local, man
     best_child = next(c for c in children if c.info.run_name.endswith(best_trial))
     assert str(best.train.batch_size) == best_child.data.params["train.batch_size"]
     assert best.train.max_steps == 300 and best.name == "sweep-test-best"  # the preset's full budget
-
-    # The same name again: Tune restores the finished sweep; no trial runs twice, the parent run continues.
-    again = run_sweep(path, tmp_path)
-    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
-    assert "resuming the sweep" in again.stdout
-    runs = client.search_runs([experiment.experiment_id], "tags.`mlflow.runName` = 'sweep-test'")
-    assert [r.info.run_id for r in runs] == [parent_id]
-    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    assert len(children) == 4
