@@ -25,17 +25,29 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "tra
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> RunConfig:
     """The YAML file at `path` (None: all defaults), then `overrides` such as `train.batch_size=64`."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, train:, tracking:)")
+    raw = {} if path is None else read_yaml(path, "config file")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, train:, tracking:)")
+    return _resolve(raw, overrides)
+
+
+def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """`config` with `overrides` applied and checked, as `load_config` applies them to a file."""
+    return _resolve(config_to_dict(config), overrides)
+
+
+def read_yaml(path: str | Path, what: str):
+    """The YAML document at `path`; a missing file or bad YAML is an error naming `what` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+
+
+def _resolve(raw: dict, overrides: Iterable[str]) -> RunConfig:
     for override in overrides:
         _apply_override(raw, override)
     config = config_from_dict(raw)

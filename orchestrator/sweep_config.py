@@ -27,7 +27,7 @@ import yaml
 
 from model.config import ConfigError, require
 from orchestrator.config import RunConfig
-from orchestrator.config_io import load_config
+from orchestrator.config_io import apply_overrides, load_config, read_yaml
 
 ALGORITHMS = ("tpe", "random", "grid")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform")
@@ -50,6 +50,9 @@ class Param:
 class SweepConfig:
     name: str
     base_path: str
+    # The preset as read by the driver, its relative paths resolved against the driver's working directory:
+    # trials apply their overrides to it and never read the file again where those paths mean something else.
+    preset: RunConfig
     base_overrides: tuple[str, ...]
     trial_overrides: tuple[str, ...]
     space: tuple[Param, ...]
@@ -62,12 +65,12 @@ class SweepConfig:
 
     def base(self) -> RunConfig:
         """The training configuration the best parameters go into: the preset with its full budget."""
-        return load_config(self.base_path, self.base_overrides)
+        return apply_overrides(self.preset, self.base_overrides)
 
     def trial_config(self, params: dict[str, Any], name: str, storage_path: str) -> RunConfig:
         """A trial's training configuration: the preset, the trials' budget, then `params`."""
         overrides = [*self.base_overrides, *self.trial_overrides, *self.param_overrides(params)]
-        return load_config(self.base_path, [*overrides, f"name={name}", f"storage_path={storage_path}"])
+        return apply_overrides(self.preset, [*overrides, f"name={name}", f"storage_path={storage_path}"])
 
     def base_trial(self) -> RunConfig:
         """A trial's configuration before its parameters: what every trial's budget and resources are."""
@@ -86,7 +89,7 @@ class SweepConfig:
 
     def full_config(self, params: dict[str, Any], name: str) -> RunConfig:
         """`params` in the preset with its full budget (no trial overrides): what the best trial suggests."""
-        return load_config(self.base_path, self._full_overrides(params, name))
+        return apply_overrides(self.preset, self._full_overrides(params, name))
 
     def full_training_command(self, params: dict[str, Any], name: str) -> str:
         """The command that trains `full_config(params, name)`."""
@@ -102,12 +105,7 @@ class SweepConfig:
 def load_sweep(path: str | Path, *, name: str | None = None, num_samples: int | None = None) -> SweepConfig:
     """The sweep at `path`, every value checked; `name` and `num_samples` replace the file's."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    raw = read_yaml(path, "sweep config")
     _check_keys(raw, _TOP_KEYS, "sweep")
     search, early = raw.get("search") or {}, raw.get("early_stopping") or {}
     _check_keys(search, _SEARCH_KEYS, "search")
@@ -120,6 +118,7 @@ def load_sweep(path: str | Path, *, name: str | None = None, num_samples: int | 
     sweep = SweepConfig(
         name=str(name or raw.get("name") or path.stem),
         base_path=str(base_path),
+        preset=load_config(base_path),
         base_overrides=_string_list(raw, "base_overrides"),
         trial_overrides=_string_list(raw, "trial_overrides"),
         space=_space(raw.get("space")),
