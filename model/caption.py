@@ -31,6 +31,9 @@ FREQUENT_WORDS = (
 )
 
 
+IGNORE = -100  # a target that the cross-entropy skips: padding after the first EOT
+
+
 def frequent_token_ids() -> list[int]:
     bpe = open_clip.tokenizer._tokenizer  # the CLIP BPE that open_clip.tokenize uses
     return [bpe.encoder[w + "</w>"] for w in FREQUENT_WORDS] + [bpe.sot_token_id, bpe.eot_token_id]
@@ -76,7 +79,18 @@ class CaptionHead(nn.Module):
         # An input at or after the first EOT is padding; the prediction *of* the first EOT is kept.
         first_eot = (tokens == self.eot_id).int().argmax(dim=1)
         keep = torch.arange(length, device=tokens.device)[None, :] < first_eot[:, None]
-        # Project only the kept positions: the vocabulary layer is the head's main cost, and most of the 76
-        # positions of a short caption are padding.
-        logits = self.to_vocab(h[keep])
-        return F.cross_entropy(logits.float(), targets[keep], weight=self.class_weights)
+        # Selecting the kept rows makes a shape that only the host knows: on a GPU, a synchronisation every
+        # step. There the padding is projected too, and ignored.
+        return self.weighted_loss(h, targets, keep, select=not h.is_cuda)
+
+    def weighted_loss(
+        self, h: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, *, select: bool
+    ) -> torch.Tensor:
+        """Weighted cross-entropy of the kept positions. `select` projects only those (cheaper on a CPU:
+        the vocabulary layer is the head's main cost and most of a short caption's 76 positions are
+        padding); otherwise every position, with fixed shapes. Both give the same loss."""
+        if select:
+            return F.cross_entropy(self.to_vocab(h[keep]).float(), targets[keep], weight=self.class_weights)
+        logits = self.to_vocab(h).flatten(0, 1).float()
+        targets = targets.masked_fill(~keep, IGNORE).flatten()
+        return F.cross_entropy(logits, targets, weight=self.class_weights, ignore_index=IGNORE)

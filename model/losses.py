@@ -16,8 +16,8 @@ class _GatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        rows, sizes = _all_gather_rows(x)
+    def forward(ctx, x: torch.Tensor, equal_sizes: bool) -> torch.Tensor:
+        rows, sizes = _all_gather_rows(x, equal_sizes)
         rank = dist.get_rank()
         ctx.rows = (sum(sizes[:rank]), sizes[rank])
         return rows
@@ -27,11 +27,11 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad)
         start, n = ctx.rows
-        return grad[start : start + n]
+        return grad[start : start + n], None
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    return _GatherWithGrad.apply(x)
+def gather_with_grad(x: torch.Tensor, equal_sizes: bool = False) -> torch.Tensor:
+    return _GatherWithGrad.apply(x, equal_sizes)
 
 
 def contrastive_loss(
@@ -41,29 +41,42 @@ def contrastive_loss(
     *,
     gather: bool = False,
     video_ids: torch.Tensor | None = None,
+    equal_sizes: bool = False,
 ) -> torch.Tensor:
     """Mean of text->video and video->text cross-entropy over exp(logit_scale) * cosine similarities.
 
     Row i of `text` and `video` are a positive pair; every other row of the (global) batch is a negative,
     so a batch must hold each video once. With `video_ids`, rows that share a video (say, two captions of it
     on two workers) are kept out of each other's negatives instead. Inputs are L2-normalised embeddings.
+    `equal_sizes` promises that every rank holds as many rows, which saves exchanging the counts.
     """
     if gather:
-        text, video = gather_with_grad(text), gather_with_grad(video)
-    logits = logit_scale.exp() * text @ video.T
+        text, video = gather_with_grad(text, equal_sizes), gather_with_grad(video, equal_sizes)
+    # The similarities in fp32 even under bf16 autocast: at a logit scale of 100, bf16's 8-bit mantissa
+    # would round cosines 0.004 apart to the same logit, and the batch is small enough that fp32 is free.
+    with torch.autocast(text.device.type, enabled=False):
+        logits = logit_scale.float().exp() * text.float() @ video.float().T
     if video_ids is not None:
         if gather:
-            video_ids = _all_gather_rows(video_ids)[0]
+            video_ids = _all_gather_rows(video_ids, equal_sizes)[0]
         same = video_ids[:, None] == video_ids[None, :]
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
     labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels)) / 2
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def _all_gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """Every rank's rows, concatenated in rank order, and how many each rank had (counts may differ)."""
+def _all_gather_rows(x: torch.Tensor, equal_sizes: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """Every rank's rows, concatenated in rank order, and how many each rank had (counts may differ).
+
+    Unequal counts cost an exchange of the counts and a host synchronisation (`int()`) to read them;
+    `equal_sizes` skips both.
+    """
     world = dist.get_world_size()
+    if equal_sizes:
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts), [x.shape[0]] * world
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
     dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
     sizes = [int(s) for s in sizes]

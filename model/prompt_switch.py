@@ -10,6 +10,8 @@ embedding is a function of the video alone and can be computed once, offline.
 
 from __future__ import annotations
 
+import math
+
 import open_clip
 import torch
 import torch.distributed as dist
@@ -109,6 +111,12 @@ class PromptSwitchCLIP(nn.Module):
         x = x + block.ls_1(block.attn(h, h, h, need_weights=False)[0])
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
+    def compile_towers(self, **options) -> None:
+        """torch.compile the video and the text tower in place (state dict unchanged). The loss, with its
+        collectives, stays eager: a graph break there would cost more than it saves."""
+        self.frame_features = torch.compile(self.frame_features, **options)
+        self.encode_text = torch.compile(self.encode_text, **options)
+
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, F, 3, H, W) -> (B, D) L2-normalised video embeddings: mean of normalised frame embeddings."""
         return _video_embedding(self.frame_features(frames))
@@ -118,19 +126,30 @@ class PromptSwitchCLIP(nn.Module):
         return self.clip.encode_text(tokens, normalize=True)
 
     def forward(
-        self, frames: torch.Tensor, tokens: torch.Tensor, video_ids: torch.Tensor | None = None
+        self,
+        frames: torch.Tensor,
+        tokens: torch.Tensor,
+        video_ids: torch.Tensor | None = None,
+        *,
+        equal_batches: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Training losses for a batch of (video, caption) pairs.
 
         With torch.distributed initialised the contrastive negatives are the global batch; `video_ids` keeps
-        two captions of one video (on different workers, say) out of each other's negatives.
+        two captions of one video (on different workers, say) out of each other's negatives, and
+        `equal_batches` says every rank's batch has this size.
         """
         frame_feats = self.frame_features(frames)
         gather = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         text, video = self.encode_text(tokens), _video_embedding(frame_feats)
         losses = {
             "contrastive": contrastive_loss(
-                text, video, self.clip.logit_scale, gather=gather, video_ids=video_ids
+                text,
+                video,
+                self.clip.logit_scale,
+                gather=gather,
+                video_ids=video_ids,
+                equal_sizes=equal_batches,
             )
         }
         loss = losses["contrastive"]
@@ -143,7 +162,7 @@ class PromptSwitchCLIP(nn.Module):
     @torch.no_grad()
     def clamp_logit_scale(self, max_scale: float = 100.0) -> None:
         """CLIP's temperature cap, applied after every optimiser step."""
-        self.clip.logit_scale.clamp_(0, torch.log(torch.tensor(max_scale)).item())
+        self.clip.logit_scale.clamp_(0, math.log(max_scale))
 
     def _check_frames(self, frames: torch.Tensor) -> tuple[int, int]:
         if frames.ndim != 5 or frames.shape[2] != 3:

@@ -50,10 +50,15 @@ def save(folder: Path, model: nn.Module, opt: Optimisation, state: TrainState, c
 
 
 def load(folder: Path, model: nn.Module, opt: Optimisation) -> TrainState:
-    """Model, optimiser, schedule, loss scaler and RNG state back from `folder`; returns the step and run."""
-    model.load_state_dict(safetensors.torch.load_file(folder / MODEL_FILE))
+    """Model, optimiser, schedule, loss scaler and RNG state back from `folder`; returns the step and run.
+
+    The model must already be on its device: the optimiser state is loaded onto its parameters' device.
+    """
+    device = next(model.parameters()).device
+    model.load_state_dict(safetensors.torch.load_file(folder / MODEL_FILE, device=_device_name(device)))
     raw = json.loads((folder / STATE_FILE).read_text())
     rng = raw.pop("rng")
+    # Read to the CPU; the optimiser casts each state tensor to its parameter's device as it loads it.
     saved = torch.load(folder / OPTIM_FILE, map_location="cpu", weights_only=True)
     opt.optimizer.load_state_dict(saved["optimizer"])
     opt.scheduler.load_state_dict(saved["scheduler"])
@@ -67,6 +72,11 @@ def load(folder: Path, model: nn.Module, opt: Optimisation) -> TrainState:
 
 def load_weights(folder: Path, model: nn.Module) -> None:
     model.load_state_dict(safetensors.torch.load_file(Path(folder) / MODEL_FILE))
+
+
+def _device_name(device: torch.device) -> str:
+    # safetensors places tensors by name ("cpu", "cuda:0"); a device it cannot place on (meta) reads to CPU.
+    return str(device) if device.type in ("cpu", "cuda") else "cpu"
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

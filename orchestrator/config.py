@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from model.config import ModelConfig, require
+from orchestrator.grad_sync import COMPRESSIONS
 from pipelines.config import DataConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -36,7 +37,10 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     eval_every_steps: int | None = None  # None: evaluate at the end of every epoch
     num_checkpoints: int = 2  # kept by Ray Train, best by validation t2v R@1
-    max_failures: int = 0  # worker failures retried from the last checkpoint
+    # Worker failures (a lost node, a preempted GPU) retried from the last checkpoint; -1: without limit.
+    max_failures: int = 3
+    compile: bool = False  # torch.compile the video and text towers (GPUs; the first steps compile)
+    grad_compression: str = "none"  # DDP gradient all-reduce in bf16 or fp16: halves the bytes between nodes
     seed: int = 24
     log_every_steps: int = 10
 
@@ -74,6 +78,12 @@ class TrainConfig:
         )
         require(self.num_checkpoints >= 1, "train.num_checkpoints", self.num_checkpoints, "an integer >= 1")
         require(self.max_failures >= -1, "train.max_failures", self.max_failures, "an integer >= 0, or -1")
+        require(
+            self.grad_compression in COMPRESSIONS,
+            "train.grad_compression",
+            self.grad_compression,
+            ", ".join(COMPRESSIONS),
+        )
         require(self.log_every_steps >= 1, "train.log_every_steps", self.log_every_steps, "an integer >= 1")
 
 

@@ -84,3 +84,15 @@ def test_lambda_zero_builds_and_runs_no_head():
     assert set(out) == {"loss", "contrastive"}
     out["loss"].backward()
     assert m.prompt_cube.grad is not None
+
+
+def test_fixed_shape_loss_equals_the_selected_rows_loss(model):
+    # The GPU path projects every position and ignores the padding; the CPU path projects the kept rows.
+    torch.manual_seed(3)
+    head = model.caption_head
+    h = torch.randn(3, 76, model.clip.transformer.width)
+    targets = torch.randint(1, 400, (3, 76))
+    keep = torch.arange(76)[None, :] < torch.tensor([[5], [12], [1]])
+    selected = head.weighted_loss(h, targets, keep, select=True)
+    fixed = head.weighted_loss(h, targets, keep, select=False)
+    torch.testing.assert_close(fixed, selected)

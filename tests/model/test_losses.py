@@ -25,19 +25,20 @@ class Towers(nn.Module):
         self.video = nn.Linear(DIM_IN, DIM)
         self.logit_scale = nn.Parameter(torch.tensor(2.0))
 
-    def forward(self, t, v, ids, gather=False):
+    def forward(self, t, v, ids, gather=False, equal_sizes=False):
         return contrastive_loss(
             F.normalize(self.text(t), dim=-1),
             F.normalize(self.video(v), dim=-1),
             self.logit_scale,
             gather=gather,
             video_ids=ids,
+            equal_sizes=equal_sizes,
         )
 
 
-def batch():
+def batch(sizes=SIZES):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(sum(SIZES), DIM_IN, generator=g), torch.randn(sum(SIZES), DIM_IN, generator=g)
+    return torch.randn(sum(sizes), DIM_IN, generator=g), torch.randn(sum(sizes), DIM_IN, generator=g)
 
 
 def test_matches_the_formula():
@@ -62,13 +63,13 @@ def test_rows_of_one_video_are_not_each_others_negatives():
     assert contrastive_loss(t, v, scale, video_ids=torch.tensor([1, 2, 3])) == contrastive_loss(t, v, scale)
 
 
-def _worker(rank, port, queue):
+def _worker(rank, port, queue, sizes, ids):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     model = DistributedDataParallel(Towers())
-    t, v = batch()
-    start = sum(SIZES[:rank])
-    rows = slice(start, start + SIZES[rank])
-    loss = model(t[rows], v[rows], IDS[rows], gather=True)
+    t, v = batch(sizes)
+    start = sum(sizes[:rank])
+    rows = slice(start, start + sizes[rank])
+    loss = model(t[rows], v[rows], ids[rows], gather=True, equal_sizes=sizes[0] == sizes[1])
     loss.backward()
     # Plain lists: a shared-memory tensor would vanish with this process before the parent reads it.
     queue.put((rank, loss.item(), {n: p.grad.tolist() for n, p in model.module.named_parameters()}))
@@ -82,15 +83,20 @@ def free_port():
 
 
 @pytest.mark.distributed
-def test_two_processes_equal_one_process_on_the_whole_batch():
+@pytest.mark.parametrize(
+    "sizes, ids",
+    [(SIZES, IDS), ((3, 3), torch.tensor([0, 1, 2, 0, 3, 4]))],
+    ids=["unequal sizes exchanged", "equal sizes, no exchange"],
+)
+def test_two_processes_equal_one_process_on_the_whole_batch(sizes, ids):
     single = Towers()
-    loss = single(*batch(), IDS)
+    loss = single(*batch(sizes), ids)
     loss.backward()
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, port, queue, sizes, ids)) for r in range(2)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]
@@ -101,3 +107,15 @@ def test_two_processes_equal_one_process_on_the_whole_batch():
         assert dist_loss == pytest.approx(loss.item(), rel=1e-6)
         for name, param in single.named_parameters():
             torch.testing.assert_close(torch.tensor(grads[name]), param.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_similarities_stay_fp32_under_bf16_autocast():
+    # At a logit scale of 100, bf16 logits would move the loss by far more than fp32 rounding does.
+    torch.manual_seed(5)
+    t, v = F.normalize(torch.randn(16, 64), dim=-1), F.normalize(torch.randn(16, 64), dim=-1)
+    scale = torch.tensor(4.6)
+    exact = contrastive_loss(t, v, scale)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = contrastive_loss(t, v, scale)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, atol=1e-5, rtol=1e-5)

@@ -211,3 +211,17 @@ def test_ablations_leave_modules_out():
     assert no_agg.prompt_cube is not None and no_agg.aggregation is None
     with pytest.raises(ConfigError, match="model.aggregation"):
         create_model("tiny", prompts=False)
+
+
+def test_compiled_towers_give_the_same_losses_and_state_dict():
+    torch.manual_seed(0)
+    model = create_model("tiny", frames_per_group=2)
+    frames = torch.randn(2, 4, 3, 64, 64)
+    tokens = tokenize(["a red circle moves left", "a blue square moves up"])
+    keys = list(model.state_dict())
+    eager = model(frames, tokens)
+    model.compile_towers(backend="eager")  # the graph capture without a C++ build; inductor on GPUs
+    compiled = model(frames, tokens)
+    assert list(model.state_dict()) == keys
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k])
