@@ -164,17 +164,23 @@ def _eval(args) -> int:
     import ray.train
 
     from model import format_metrics_table
+    from orchestrator.cluster import check_run, cluster_shape
     from orchestrator.ray_runtime import connect
     from orchestrator.scoring import score_checkpoint
+    from orchestrator.tracking import resolve_tracking_uri
     from pipelines.dataset import prepare_data
 
     if not (args.checkpoint / "model.safetensors").is_file():
         raise FileNotFoundError(f"{args.checkpoint} is not a promptswitch checkpoint (no model.safetensors)")
     connect(args.address)
+    # Scoring runs in a task on any node: there, the checkpoint folder must be the same as here.
+    uri = resolve_tracking_uri(run.tracking.tracking_uri, Path.cwd())
+    checkpoint = str(args.checkpoint.absolute())
+    check_run(run, cluster_shape(), uri, also_read={"--checkpoint": f"{checkpoint}/model.safetensors"})
     data = prepare_data(run.data, run.model.frames_per_group)
     if args.split not in data.splits:
         raise FileNotFoundError(f"the manifest {run.data.manifest} has no {args.split} split")
-    ckpt = ray.train.Checkpoint.from_directory(str(args.checkpoint.absolute()))
+    ckpt = ray.train.Checkpoint.from_directory(checkpoint)
     metrics = score_checkpoint(ckpt, run, data, args.split)
     print(format_metrics_table(metrics), file=sys.stderr)
     print(json.dumps(metrics, indent=1))

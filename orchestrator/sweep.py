@@ -23,9 +23,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
 from ray import tune
 
+from orchestrator import storage
+from orchestrator.cluster import ClusterShape, check_run, cluster_shape, tracking_host, trial_slots
 from orchestrator.config_io import dump_config
 from orchestrator.ray_runtime import quiet_data_progress
 from orchestrator.sweep_config import METRIC, SweepConfig
@@ -59,9 +60,12 @@ class TrialOutcome:
 def run_sweep(sweep: SweepConfig, project_dir: Path | None = None) -> list[TrialOutcome]:
     """Run (or resume) `sweep`; returns its trials, best first, and prints the leaderboard."""
     base = sweep.base()
+    project_dir = project_dir or Path.cwd()
+    store = resolve_tracking_uri(base.tracking.tracking_uri, project_dir)
+    shape = cluster_shape()
+    check_run(base, shape, store)  # before any cluster work
     data = prepare_data(base.data, base.model.frames_per_group)
-    store = resolve_tracking_uri(base.tracking.tracking_uri, project_dir or Path.cwd())
-    with tracking_server(store, log_dir=Path(base.storage_path)) as uri:
+    with tracking_server(store, host=tracking_host(shape), log_dir=project_dir) as uri:
         parent_id = find_run_by_name(uri, base.tracking.experiment, sweep.name)
         parent = Tracker.start(
             uri, base.tracking.experiment, sweep.name, parent_id, params=_sweep_params(sweep)
@@ -70,7 +74,7 @@ def run_sweep(sweep: SweepConfig, project_dir: Path | None = None) -> list[Trial
             f"MLflow sweep run {parent.run_id} ({'resumed' if parent_id else 'new'}) at {store}", flush=True
         )
         try:
-            results, interrupted = _fit(_tuner(sweep, data, uri, parent.run_id))
+            results, interrupted = _fit(_tuner(sweep, data, uri, parent.run_id, shape))
             if interrupted:
                 raise SweepInterrupted(f"sweep {sweep.name!r} interrupted; the same command resumes it")
             outcomes = _outcomes(sweep, results, data, uri)
@@ -101,17 +105,16 @@ def _fit(tuner: tune.Tuner):
         signal.signal(signal.SIGINT, previous)
 
 
-def trial_concurrency(sweep: SweepConfig) -> int:
-    """How many trials the cluster holds at once: the configured number, else from its CPUs and GPUs."""
+def trial_concurrency(sweep: SweepConfig, shape: ClusterShape) -> int:
+    """How many trials run at once: the configured number, else as many as the cluster holds once it has
+    grown as far as its autoscaler may (trials beyond what is up now wait for the nodes they ask for)."""
     if sweep.max_concurrent:
         return sweep.max_concurrent
     train = sweep.base_trial().train
-    total = ray.cluster_resources()
-    per_trial = TRIAL_CPUS + train.num_workers * train.cpus_per_worker + DECODE_CPUS
-    fits = math.floor(total.get("CPU", 1) / per_trial)
+    per_trial = {"CPU": TRIAL_CPUS + train.num_workers * train.cpus_per_worker + DECODE_CPUS}
     if train.use_gpu:
-        fits = min(fits, math.floor(total.get("GPU", 0) / train.num_workers))
-    return max(1, fits)
+        per_trial["GPU"] = train.num_workers
+    return trial_slots(shape, per_trial)
 
 
 def _trial(params: dict, *, sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str) -> None:
@@ -125,19 +128,24 @@ def _trial(params: dict, *, sweep: SweepConfig, data: PreparedData, uri: str, pa
     make_trainer(run, data, tracker, callbacks=[TuneReportCallback()]).fit()
 
 
-def _tuner(sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str) -> tune.Tuner:
+def _tuner(
+    sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str, shape: ClusterShape
+) -> tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler
 
     trainable = tune.with_parameters(_trial, sweep=sweep, data=data, uri=uri, parent_run_id=parent_run_id)
     trainable = tune.with_resources(trainable, {"cpu": TRIAL_CPUS})
-    path = Path(sweep.base().storage_path) / sweep.name
-    if tune.Tuner.can_restore(path):
+    filesystem, root = storage.location(sweep.base().storage_path)
+    path = f"{root}/{sweep.name}"
+    if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
         print(f"resuming the sweep at {path}", flush=True)
-        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False)
+        return tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=filesystem
+        )
     trial = sweep.base_trial()
     # ASHA's last rung: the evaluations of a whole trial (of the base trial; batch sizes may vary).
     evaluations = planned_evaluations(trial, data)
-    concurrency = trial_concurrency(sweep)
+    concurrency = trial_concurrency(sweep, shape)
     search_alg, space = _search(sweep, concurrency)
     return tune.Tuner(
         trainable,
@@ -155,7 +163,9 @@ def _tuner(sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str)
             num_samples=sweep.num_samples,
             max_concurrent_trials=concurrency if sweep.algorithm == "tpe" else None,
         ),
-        run_config=tune.RunConfig(name=sweep.name, storage_path=str(path.parent), verbose=1),
+        run_config=tune.RunConfig(
+            name=sweep.name, storage_path=root, storage_filesystem=filesystem, verbose=1
+        ),
     )
 
 
@@ -189,7 +199,7 @@ def _variants(sweep: SweepConfig, concurrency: int):
 
 
 def _trials_dir(sweep: SweepConfig) -> str:
-    return str(Path(sweep.base().storage_path) / f"{sweep.name}-trials")
+    return storage.join(sweep.base().storage_path, f"{sweep.name}-trials")
 
 
 def _outcomes(sweep: SweepConfig, results, data: PreparedData, uri: str) -> list[TrialOutcome]:

@@ -1,7 +1,8 @@
-"""A local MLflow tracking server in front of a sqlite store, for jobs with many concurrent writers.
+"""An MLflow tracking server in front of a sqlite store, for concurrent writers and other nodes.
 
-SQLite answers a second writer with "database is locked"; a sweep has one writer per running trial. The
-server is the store's only writer, and it listens on 127.0.0.1 only.
+SQLite answers a second writer with "database is locked", and a sweep has one writer per running trial; a
+file on the driver's disk is out of reach of other nodes. The server is the store's only writer. It
+listens on 127.0.0.1, or on a cluster on the driver's private address (`orchestrator.cluster`).
 """
 
 from __future__ import annotations
@@ -21,26 +22,33 @@ _SQLITE_PREFIX = "sqlite:///"
 
 
 @contextmanager
-def tracking_server(uri: str, *, log_dir: Path | None = None, timeout_s: float = 120.0) -> Iterator[str]:
-    """Yield a tracking URI that many processes may write to at once.
+def tracking_server(
+    uri: str, *, host: str = "127.0.0.1", log_dir: Path | None = None, timeout_s: float = 120.0
+) -> Iterator[str]:
+    """Yield a tracking URI that many processes, on any node that reaches `host`, may write to at once.
 
     Any URI but a sqlite file is yielded as it is (a server already, or a database made for it). A sqlite
-    file gets `mlflow server` on a free port of 127.0.0.1 until the block ends; artifacts still go straight
-    to the `mlartifacts` folder beside the database, as without the server.
+    file gets `mlflow server` on a free port of `host` until the block ends. On loopback, artifacts still go
+    straight to the `mlartifacts` folder beside the database, as without the server; on another address
+    the server proxies them, since other nodes cannot write that folder.
     """
     if not uri.startswith(_SQLITE_PREFIX):
         yield uri
         return
     db = Path(uri[len(_SQLITE_PREFIX) :].split("?", 1)[0]).resolve()
-    port = _free_port()
+    port = _free_port(host)
+    artifacts = str(db.parent / "mlartifacts")
+    if host == "127.0.0.1":
+        serving = ["--default-artifact-root", artifacts, "--no-serve-artifacts"]
+    else:
+        serving = ["--artifacts-destination", artifacts, "--serve-artifacts"]
     log_path = (log_dir or db.parent) / "mlflow-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", uri,
-        "--default-artifact-root", str(db.parent / "mlartifacts"),
-        "--no-serve-artifacts",
-        "--host", "127.0.0.1",
+        *serving,
+        "--host", host,
         "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
@@ -49,7 +57,7 @@ def tracking_server(uri: str, *, log_dir: Path | None = None, timeout_s: float =
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_server_env()
         )
     try:
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://{host}:{port}"
         _wait_ready(url, server, log_path, timeout_s)
         yield url
     finally:
@@ -62,9 +70,9 @@ def _server_env() -> dict[str, str]:
     return os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import ray
@@ -10,11 +11,14 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from model import format_metrics_table
+from orchestrator import storage
+from orchestrator.cluster import check_run, cluster_shape, tracking_host
 from orchestrator.config import RunConfig
 from orchestrator.config_io import config_to_dict, dump_config, flatten_config
 from orchestrator.launch import train_loop
 from orchestrator.scoring import score_checkpoint
 from orchestrator.tracking import Tracker, find_run_by_name, log_best_model, resolve_tracking_uri
+from orchestrator.tracking_server import tracking_server
 from pipelines.dataset import PreparedData, eval_dataset, prepare_data, train_dataset
 
 SCORE = "val_t2v_recall_at_1"
@@ -22,8 +26,18 @@ SCORE = "val_t2v_recall_at_1"
 
 def fit(run: RunConfig, project_dir: Path | None = None) -> dict[str, float]:
     """Train `run`, or resume it when a run of that name already has storage; returns the test metrics."""
+    project_dir = project_dir or Path.cwd()
+    store = resolve_tracking_uri(run.tracking.tracking_uri, project_dir)
+    shape = cluster_shape()
+    check_run(run, shape, store)  # before any cluster work
+    # On a cluster, a sqlite store is served from the driver's private address, where other nodes log.
+    served = tracking_server(store, host=tracking_host(shape), log_dir=project_dir)
+    with served if shape.multi_node else nullcontext(store) as uri:
+        return _fit(run, uri)
+
+
+def _fit(run: RunConfig, uri: str) -> dict[str, float]:
     data = prepare_data(run.data, run.model.frames_per_group)
-    uri = resolve_tracking_uri(run.tracking.tracking_uri, project_dir or Path.cwd())
     tracker = open_tracking_run(run, data, uri)
     try:
         result = make_trainer(run, data, tracker).fit()
@@ -67,7 +81,7 @@ def open_tracking_run(
             )
     # A sweep's trial names are unique to it, so a trial always continues its run: it may have been cut
     # short before its Ray Train storage existed.
-    resuming = parent_run_id is not None or (Path(run.storage_path) / run.name).exists()
+    resuming = parent_run_id is not None or storage.exists(storage.join(run.storage_path, run.name))
     run_id = find_run_by_name(uri, run.tracking.experiment, run.name) if resuming else None
     tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
     tracker = Tracker.start(
@@ -93,6 +107,7 @@ def total_steps(run: RunConfig, data: PreparedData) -> int:
 
 def make_trainer(run: RunConfig, data: PreparedData, tracker: Tracker, callbacks=()) -> TorchTrainer:
     """The Ray Train job of `run`: workers, datasets, checkpoints kept by validation t2v R@1, retries."""
+    filesystem, storage_path = storage.location(run.storage_path)
     return TorchTrainer(
         train_loop,
         train_loop_config={
@@ -111,7 +126,8 @@ def make_trainer(run: RunConfig, data: PreparedData, tracker: Tracker, callbacks
         ),
         run_config=ray.train.RunConfig(
             name=run.name,
-            storage_path=str(Path(run.storage_path).absolute()),
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=run.train.num_checkpoints,
                 checkpoint_score_attribute=SCORE,

@@ -28,6 +28,7 @@ import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from pipelines.config import DataConfig
+from pipelines.decode import DECODE_PLACEMENT
 from pipelines.video import VideoError, open_video
 
 CACHE_VERSION = 1
@@ -84,7 +85,12 @@ def build_cache(video_paths: list[str], config: DataConfig) -> CacheInfo:
     blocks = [pa.table({"video_path": videos[i : i + step]}) for i in range(0, len(videos), step)]
     index = (
         ray.data.from_arrow(blocks)
-        .map_batches(_write_shard, batch_size=step, fn_kwargs={"out_dir": str(staging), "config": config})
+        .map_batches(
+            _write_shard,
+            batch_size=step,
+            fn_kwargs={"out_dir": str(staging), "config": config},
+            **DECODE_PLACEMENT,
+        )
         .to_arrow_refs()
     )
     pq.write_table(pa.concat_tables(ray.get(index)), staging / _INDEX)

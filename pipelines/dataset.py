@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from pipelines.cache import CacheInfo, build_cache
 from pipelines.config import DataConfig
-from pipelines.decode import INFO_COLUMNS, decode_batch, read_sampled_frames
+from pipelines.decode import DECODE_PLACEMENT, INFO_COLUMNS, decode_batch, read_sampled_frames
 from pipelines.manifest import SPLITS, read_manifest
 from pipelines.sampling import frame_indices
 from pipelines.transforms import eval_transform
@@ -129,7 +129,9 @@ def scan_videos(
     found = _blocks(pa.table({"video_path": videos}), config.decode_batch_size)
     rows = (
         ray.data.from_arrow(found)
-        .map_batches(_check_batch, batch_size=config.decode_batch_size, fn_kwargs=options)
+        .map_batches(
+            _check_batch, batch_size=config.decode_batch_size, fn_kwargs=options, **DECODE_PLACEMENT
+        )
         .take_all()
     )
     report = BadVideoReport(
@@ -177,6 +179,7 @@ def train_dataset(data: PreparedData, config: DataConfig, frames_per_group: int,
             decode_batch,
             batch_size=config.decode_batch_size,
             fn_kwargs=_decode_options(data, config, frames_per_group, train=True),
+            **DECODE_PLACEMENT,
         )
     )
 
@@ -190,6 +193,7 @@ def eval_dataset(data: PreparedData, config: DataConfig, frames_per_group: int, 
         decode_batch,
         batch_size=config.decode_batch_size,
         fn_kwargs=_decode_options(data, config, frames_per_group, train=False),
+        **DECODE_PLACEMENT,
     )
 
 

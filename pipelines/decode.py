@@ -16,6 +16,12 @@ log = logging.getLogger(__name__)
 # Columns of a row that carry the scan's `VideoInfo` of its video, in the dataclass's field order.
 INFO_COLUMNS = ("num_frames", "fps", "width", "height")
 
+# Where decoding runs: first on nodes labelled as decode nodes (cluster.yaml's CPU workers), so that a GPU
+# node's CPUs feed its own GPU instead of decoding for everyone; on any node when no decode node can take
+# the task (there is none, as on one machine). Every Ray Data stage that opens videos uses it.
+DECODE_NODE_LABEL = {"promptswitch/role": "decode"}
+DECODE_PLACEMENT = {"label_selector": DECODE_NODE_LABEL, "fallback_strategy": [{"label_selector": {}}]}
+
 
 def decode_batch(
     batch: dict[str, np.ndarray],

@@ -6,8 +6,9 @@ commands. What cannot be the same on one machine is swapped: the provider (addre
 ssh user and key, the setup (the project's existing virtualenv instead of a fresh install), the MLflow
 store (sqlite and a folder instead of PostgreSQL and S3) and its address (the head's, not all interfaces).
 
-    python -m tests.cluster.local_variant --head-ip 10.213.77.1 --worker-ip 10.213.77.2 --user U \\
-        --key KEY --venv .venv --workdir DIR --out local.yaml
+    python -m tests.cluster.local_variant --head-ip 10.213.77.1 --worker-ip 10.213.77.2 \\
+        --worker-ip 10.213.77.3 --decode-ip 10.213.77.3 --user U --key KEY --venv .venv --workdir DIR \\
+        --out local.yaml
 """
 
 from __future__ import annotations
@@ -39,8 +40,15 @@ def local_variant(
     workdir: Path,
     worker_cpus: int = 2,
     object_store_mb: int = 512,
+    decode_ips: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> dict:
-    """The local-provider config; `workdir` (on the shared filesystem) holds Ray's and MLflow's files."""
+    """The local-provider config; `workdir` (on the shared filesystem) holds Ray's and MLflow's files.
+
+    The local provider has one node type for all its workers: the workers at `decode_ips` get the labels
+    of cluster.yaml's CPU decoding type when they start, the others none (they stand for GPU workers).
+    `env` adds variables to every node's environment file (the test's S3 credentials, say).
+    """
     head_type = cloud["available_node_types"][cloud["head_node_type"]]
     head_cpus = int(head_type["resources"]["CPU"])
     store = f"--object-store-memory={object_store_mb * 1024**2}"
@@ -61,7 +69,7 @@ def local_variant(
             for remote, local in cloud["file_mounts"].items()
         },
         "initialization_commands": [],
-        "setup_commands": _setup_commands(cloud, head_ip, venv, workdir),
+        "setup_commands": _setup_commands(cloud, head_ip, venv, workdir, env or {}),
         "head_setup_commands": [],
         "worker_setup_commands": [],
         "head_start_ray_commands": [
@@ -71,14 +79,30 @@ def local_variant(
             for c in cloud["head_start_ray_commands"]
         ],
         "worker_start_ray_commands": [
-            # Its own temporary folder, as on a machine of its own.
-            _local_start(c, f"--num-cpus={worker_cpus} {store} --temp-dir={workdir / 'wtmp'}")
+            # Its own temporary folder (named by the last byte of its address), as on a machine of its own.
+            _local_start(
+                c,
+                f"--num-cpus={worker_cpus} {store} --temp-dir={workdir}/w$({_OWN_IP} | cut -d. -f4)"
+                + _decode_labels(cloud, decode_ips),
+            )
             for c in cloud["worker_start_ray_commands"]
         ],
     }
 
 
-def _setup_commands(cloud: dict, head_ip: str, venv: Path, workdir: Path) -> list[str]:
+_OWN_IP = "hostname -I | awk '{print $1}'"  # a node's address, in its own network namespace
+
+
+def _decode_labels(cloud: dict, decode_ips: tuple[str, ...]) -> str:
+    """A `--labels` flag that only the decode workers' shells expand to cluster.yaml's decode labels."""
+    if not decode_ips:
+        return ""
+    labels = ",".join(f"{k}={v}" for k, v in cloud["available_node_types"]["cpu_worker"]["labels"].items())
+    cases = "|".join(decode_ips)
+    return f' $(case "$({_OWN_IP})" in {cases}) echo --labels={labels};; esac)'
+
+
+def _setup_commands(cloud: dict, head_ip: str, venv: Path, workdir: Path, extra: dict) -> list[str]:
     """The environment file of cluster.yaml, with local values; hooked into ~/.bashrc by cluster.yaml's line.
 
     One home serves both nodes here, so the head's variables are in every node's file: the worker's
@@ -90,7 +114,7 @@ def _setup_commands(cloud: dict, head_ip: str, venv: Path, workdir: Path) -> lis
         "RAY_TMPDIR": str(workdir / "tmp"),  # not /tmp/ray, which other users' clusters may hold
         "RAY_ADDRESS": f"{head_ip}:6379",
         "MLFLOW_TRACKING_URI": f"http://{head_ip}:{MLFLOW_PORT}",
-    }
+    } | extra
     lines = " ".join(shlex.quote(f'export {k}="{v}"') for k, v in env.items())
     hook = [c for c in cloud["setup_commands"] if "~/.bashrc" in c]
     if len(hook) != 1:
@@ -128,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--worker-cpus", type=int, default=2)
+    parser.add_argument("--decode-ip", action="append", default=[], dest="decode_ips")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     config = local_variant(
@@ -139,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         venv=args.venv,
         workdir=args.workdir,
         worker_cpus=args.worker_cpus,
+        decode_ips=tuple(args.decode_ips),
+        env=dict(e.split("=", 1) for e in args.env),
     )
     args.out.write_text(yaml.safe_dump(config, sort_keys=False))
 

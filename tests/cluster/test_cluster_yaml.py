@@ -41,7 +41,7 @@ def test_cluster_yaml_is_valid_for_rays_launcher(cloud):
     prepared = prepare_config(cloud)  # what `ray up` does: Ray's defaults filled in, then the schema
     validate_config(prepared)
     assert cloud["provider"]["type"] == "aws"
-    assert set(prepared["available_node_types"]) == {"head", "gpu_worker", "cpu_worker"}
+    assert set(prepared["available_node_types"]) == {"head", "gpu_worker", "gpu_multi_worker", "cpu_worker"}
 
 
 def test_the_local_variant_is_valid_for_rays_launcher(local):
@@ -123,3 +123,21 @@ def test_the_readme_walks_the_cluster_workflow():
     for step in steps:
         assert step in section, step
     assert Path(ROOT / "docs" / "cluster.md").is_file()
+
+
+def test_decode_nodes_carry_the_label_that_decoding_prefers(cloud):
+    from pipelines.decode import DECODE_NODE_LABEL
+
+    assert cloud["available_node_types"]["cpu_worker"]["labels"] == DECODE_NODE_LABEL
+    local = local_variant(
+        cloud,
+        head_ip="10.213.77.1",
+        worker_ips=["10.213.77.2", "10.213.77.3"],
+        ssh_user="psray",
+        ssh_key="/home/psray/.ssh/id_ed25519",
+        venv=ROOT / ".venv",
+        workdir=ROOT,
+        decode_ips=("10.213.77.3",),
+    )
+    (start,) = [c for c in local["worker_start_ray_commands"] if "ray start" in c]
+    assert "10.213.77.3) echo --labels=promptswitch/role=decode" in start
