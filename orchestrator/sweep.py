@@ -6,7 +6,8 @@ are prepared once, by the driver, and shared by every trial through the object s
 
 MLflow: the sweep is a parent run; each trial is a nested child run with its parameters and metric history,
 written by the trial's rank 0. Several processes then write at once, which a sqlite store answers with
-"database is locked", so a sqlite store is put behind a tracking server on 127.0.0.1 for the sweep.
+"database is locked", so a sqlite store is put behind a tracking server for the sweep (on 127.0.0.1, or
+on a cluster on the driver's private address, which the trials' nodes reach).
 
 The same name again resumes: Tune restores the search and its unfinished trials, and each unfinished trial
 resumes its TorchTrainer from its last checkpoint and its MLflow run.
