@@ -178,7 +178,8 @@ def s3_server(monkeypatch):
                 break
             except OSError:
                 time.sleep(0.2)
-        assert fs.get_file_info("runs-bucket").type == pafs.FileType.Directory, "moto did not create the bucket"
+        made = fs.get_file_info("runs-bucket").type == pafs.FileType.Directory
+        assert made, "moto did not create the bucket"
         yield f"s3://runs-bucket/runs?endpoint_override={endpoint}&scheme=http&region=us-east-1"
     finally:
         server.terminate()
