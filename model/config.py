@@ -131,6 +131,11 @@ class ModelConfig:
         )
 
     @property
+    def embed_dim(self) -> int:
+        """The width of the joint embedding: what a video or a text becomes."""
+        return self.clip["embed_dim"]
+
+    @property
     def vision_width(self) -> int:
         return self.clip["vision_cfg"].get("width", 768)
 

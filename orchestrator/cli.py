@@ -60,6 +60,26 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     sweep.set_defaults(run=_tune)
 
+    embed = commands.add_parser("embed", help="embed a manifest's or a folder's videos into a library")
+    embed.add_argument("--model", required=True, help="a checkpoint, a run's folder, or models:/NAME@ALIAS")
+    embed.add_argument("--manifest", "--videos", dest="videos", required=True, type=Path,
+                       help="a manifest (.parquet) or a folder of videos")  # fmt: skip
+    embed.add_argument("--out", required=True, type=Path, help="the library folder (made or extended)")
+    embed.add_argument("--split", choices=("train", "val", "test"), help="of a manifest (default: all)")
+    embed.add_argument("--segment-seconds", type=float, help="long videos in windows this long")
+    embed.add_argument("--stride", type=float, help="seconds between windows (default: the window length)")
+    embed.add_argument("--rebuild", action="store_true", help="embed everything again (another model)")
+    embed.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+    embed.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. batch_size=32 dtype=float16")
+    embed.set_defaults(run=_embed)
+    search = commands.add_parser("search", help="search a library by text, or for videos like one")
+    search.add_argument("library", type=Path)
+    search.add_argument("query", nargs="?", help='e.g. "a dog runs on the beach"')
+    search.add_argument("-k", type=int, default=10, help="hits to show (default 10)")
+    search.add_argument("--like", type=Path, help="a video: find the library's rows like it")
+    search.add_argument("--json", action="store_true", help="one JSON object per hit")
+    search.set_defaults(run=_search)
+
     data = commands.add_parser("data", help="prepare, generate, cache and check video datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
 
@@ -111,6 +131,18 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--short-side", type=int, default=224)
             sub.add_argument("--format", choices=("jpeg", "raw"), default="jpeg")
     return parser
+
+
+def _embed(args) -> int:
+    from library.job import run_embed
+
+    return run_embed(args)
+
+
+def _search(args) -> int:
+    from library.job import run_search
+
+    return run_search(args)
 
 
 def _quickstart(args) -> int:

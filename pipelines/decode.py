@@ -34,7 +34,14 @@ def decode_batch(
     cache_path: str | None,
     crop_scale: tuple[float, float],
     flip_p: float,
+    keep_failed: bool = False,
 ) -> dict[str, np.ndarray]:
+    """Decoded, sampled, cropped frames for each row's video: (F, 3, S, S) uint8 in `frames`.
+
+    A row with `window_start` / `window_end` (fractions of the video's length) samples inside that window
+    only, as a segment of a long video. A video that fails is dropped, or with `keep_failed` kept with
+    black frames and its error in `error` (empty when it decoded), so that a caller can report it.
+    """
     from model.factory import tokenize
     from pipelines.sampling import frame_indices
     from pipelines.transforms import eval_transform, train_transform
@@ -42,26 +49,46 @@ def decode_batch(
 
     rng = np.random.default_rng() if train else None  # fresh entropy: a new draw every epoch
 
-    def pick(num_frames: int) -> np.ndarray:
-        return frame_indices(num_frames, frames_per_group, groups, rng=rng)
+    def pick_in(start: float, end: float):
+        def pick(num_frames: int) -> np.ndarray:
+            first = min(int(start * num_frames), num_frames - 1)
+            last = max(first + 1, min(num_frames, int(np.ceil(end * num_frames))))
+            return first + frame_indices(last - first, frames_per_group, groups, rng=rng)
 
-    kept, frames = [], []
+        return pick
+
+    windows = "window_start" in batch
+    kept, frames, errors = [], [], []
     for i, path in enumerate(batch["video_path"]):
         # The scan's size rides along with the rows, so the file is opened exactly once here.
         info = VideoInfo(*(batch[k][i].item() for k in INFO_COLUMNS)) if INFO_COLUMNS[0] in batch else None
+        pick = pick_in(batch["window_start"][i], batch["window_end"][i]) if windows else pick_in(0.0, 1.0)
+        if keep_failed and "error" in batch and batch["error"][i]:  # failed before: nothing to decode
+            frames.append(np.zeros((frames_per_group * groups, 3, size, size), np.uint8))
+            errors.append(batch["error"][i])
+            kept.append(i)
+            continue
         try:
             raw = read_sampled_frames(
                 str(path), pick, cache_path=cache_path, short_side=short_side, info=info
             )
         except VideoError as e:  # passed the scan but failed now: drop it, never the run
             log.warning("dropping video %s: %s", e.path, e.reason)
+            if keep_failed:
+                frames.append(np.zeros((frames_per_group * groups, 3, size, size), np.uint8))
+                errors.append(e.reason)
+                kept.append(i)
             continue
         if train:
             frames.append(train_transform(raw, size, rng, scale=crop_scale, flip_p=flip_p))
         else:
             frames.append(eval_transform(raw, size))
         kept.append(i)
-    out = {"video_index": batch["video_index"][kept]}
+        errors.append("")
+    out = {k: batch[k][kept] for k in batch if k not in ("frames", "caption")} if keep_failed else {}
+    out["video_index"] = batch["video_index"][kept]
+    if keep_failed:
+        out["error"] = np.array(errors, dtype=object)
     out["frames"] = (
         np.stack(frames) if frames else np.zeros((0, frames_per_group * groups, 3, size, size), np.uint8)
     )

@@ -1,0 +1,352 @@
+"""The embedding job: every video of a manifest or a folder embedded once, into a library (Ray Data).
+
+Videos are probed and cut into windows (one per short clip, sliding windows for long videos), decoded with
+evaluation's frame positions and transforms (`pipelines.decode.decode_batch`, the cache when given), and
+embedded by a pool of actors that each hold the model: one GPU each in bf16 where there are GPUs, CPU actors
+otherwise. The driver streams the embeddings into shards as they arrive, a video's windows together, so it
+never holds the library and a killed job keeps its finished shards. Running again embeds only what is new
+or changed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from library import store
+from library.source import ModelSource
+from model.config import ConfigError, require
+from orchestrator.checkpoint import CONFIG_FILE, MODEL_FILE
+from pipelines.decode import DECODE_PLACEMENT, INFO_COLUMNS
+from pipelines.manifest import read_manifest
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
+FORMAT_VERSION = 1
+
+
+class LibraryMismatch(ConfigError):
+    """The library was built by another model, or with other sampling, than this job's."""
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    batch_size: int = 16  # videos per model call in each actor
+    actors: int | None = None  # None: one per GPU, else one per two CPUs (decoding needs the others)
+    dtype: str = "float32"  # of the stored embeddings; float16 halves the library
+    segment_seconds: float | None = None  # long videos in windows this long; None: one row per video
+    stride_seconds: float | None = None  # between window starts; None: segment_seconds (no overlap)
+    shard_rows: int = 1024  # rows per shard: what a killed job can lose
+    split: str | None = None  # of a manifest; None: every split
+    cache_dir: str | None = None  # the preprocessing cache (`promptswitch data cache`), when there is one
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        require(self.actors is None or self.actors >= 1, "actors", self.actors, ">= 1 or null")
+        require(self.dtype in ("float32", "float16"), "dtype", self.dtype, "float32, float16")
+        seg, stride = self.segment_seconds, self.stride_seconds
+        require(seg is None or seg > 0, "segment_seconds", seg, "a number > 0 or null")
+        require(stride is None or (seg and stride > 0), "stride_seconds", stride, "> 0, with segment_seconds")
+        require(self.shard_rows >= 1, "shard_rows", self.shard_rows, "an integer >= 1")
+        require(self.split in (None, "train", "val", "test"), "split", self.split, "train, val, test or null")
+
+
+def list_videos(videos: Path, split: str | None = None) -> pa.Table:
+    """video_id, video_path, size, mtime_ns of a manifest's videos (one row per video) or a folder's."""
+    if videos.is_dir():
+        paths = sorted(p for p in videos.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        ids = [str(p.relative_to(videos)) for p in paths]
+    else:
+        table = read_manifest(videos)
+        if split:
+            table = table.filter(pa.compute.equal(table["split"], split))
+        first = dict(zip(table["video_path"].to_pylist(), table["video_id"].to_pylist(), strict=True))
+        paths, ids = [Path(p) for p in first], list(first.values())
+    stats = [p.stat() if p.exists() else None for p in paths]
+    return pa.table(
+        {
+            "video_id": ids,
+            "video_path": [str(p) for p in paths],
+            "size": [s.st_size if s else -1 for s in stats],
+            "mtime_ns": [s.st_mtime_ns if s else -1 for s in stats],
+        }
+    )
+
+
+def embed_library(
+    model: ModelSource, videos: Path, out: Path, config: EmbedConfig, *, rebuild: bool = False
+) -> dict:
+    """Embed the videos not yet in the library at `out` (all of them with `rebuild`); returns the manifest."""
+    import ray
+
+    settings = _settings(model, config)
+    existing = store.read_manifest(out)
+    if existing and rebuild:
+        shutil.rmtree(out)
+        existing = None
+    if existing:
+        _check_same(existing, model, settings, out)
+    _write_model(model, out)
+    manifest = _manifest(model, settings, existing)
+    store.write_manifest(out, manifest)  # first, so that a killed job's library names its model
+
+    listed = list_videos(videos, config.split)
+    known = store.known_videos(out)
+    keys = zip(*(listed[c].to_pylist() for c in store.IDENTITY), strict=True)
+    pending = [i for i, key in enumerate(keys) if key not in known]
+    todo = listed.take(pa.array(pending, pa.int64()))
+    todo = todo.append_column("video_index", pa.array(range(len(pending)), pa.int64()))
+    print(f"{len(listed)} videos, {len(listed) - len(pending)} already in {out}, {len(pending)} to embed")
+    started, embedded, rows_written, bad = time.perf_counter(), 0, 0, []
+    if len(todo):
+        writer = _ShardWriter(out, store.schema(model.run.model.embed_dim, config.dtype), config.shard_rows)
+        for batch in _dataset(todo, model, config).iter_batches(batch_format="pyarrow", batch_size=None):
+            for video in writer.add(batch):
+                embedded += 1
+                if video["error"]:
+                    bad.append({"video": video["video_path"], "error": video["error"]})
+        rows_written = writer.close()
+    elapsed = time.perf_counter() - started
+    rows = store.read_rows(out, ["video_path", "error"])
+    errors = rows["error"].to_pylist() if rows.num_rows else []
+    manifest["counts"] = {
+        "videos": len(set(rows["video_path"].to_pylist())) if rows.num_rows else 0,
+        "rows": sum(1 for e in errors if not e),
+        "bad_videos": len({p for p, e in zip(rows["video_path"].to_pylist(), errors, strict=True) if e}),
+        "embedded_now": embedded,
+        "rows_now": rows_written,
+    }
+    manifest["last_job"] = {
+        "videos_per_second": embedded / elapsed if elapsed > 0 and embedded else 0.0,
+        "seconds": elapsed,
+        "bad": bad,
+        "ray": ray.__version__,
+    }
+    store.write_manifest(out, manifest)
+    return manifest
+
+
+class _ShardWriter:
+    """Collects a video's windows until all have come, then writes shards of about `shard_rows` rows."""
+
+    def __init__(self, out: Path, schema: pa.Schema, shard_rows: int):
+        self.out, self.schema, self.shard_rows = out, schema, shard_rows
+        self.partial: dict[str, list[dict]] = {}
+        self.ready: list[dict] = []
+        self.written = 0
+
+    def add(self, batch: pa.Table):
+        for row in batch.to_pylist():
+            windows = self.partial.setdefault(row["video_path"], [])
+            windows.append(row)
+            if len(windows) == row["windows"]:
+                del self.partial[row["video_path"]]
+                self.ready.extend(sorted(windows, key=lambda r: r["start_s"]))
+                yield windows[0]
+        if len(self.ready) >= self.shard_rows:
+            self._flush()
+
+    def close(self) -> int:
+        if self.ready:
+            self._flush()
+        return self.written
+
+    def _flush(self) -> None:
+        rows = [{k: r[k] for k in self.schema.names} for r in self.ready]
+        store.write_shard(self.out, pa.Table.from_pylist(rows, schema=self.schema))
+        self.written += len(rows)
+        self.ready = []
+
+
+def _dataset(todo: pa.Table, model: ModelSource, config: EmbedConfig):
+    import ray
+    import ray.data
+
+    from orchestrator.config_io import config_to_dict
+    from pipelines.cache import build_cache
+    from pipelines.decode import decode_batch
+
+    data = model.run.data
+    cache = None
+    if config.cache_dir:
+        cache = build_cache(todo["video_path"].to_pylist(), replace(data, cache_dir=config.cache_dir))
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = config.actors or (gpus or max(1, int(ray.cluster_resources().get("CPU", 2)) // 2))
+    decode = {
+        "frames_per_group": model.run.model.frames_per_group,
+        "groups": data.eval_groups,
+        "size": model.run.model.image_size,
+        "short_side": data.cache_short_side,
+        "train": False,
+        "cache_path": str(cache.path) if cache else None,
+        "crop_scale": data.train_crop_scale,
+        "flip_p": 0.0,
+        "keep_failed": True,
+    }
+    step = max(1, config.batch_size)
+    blocks = [todo.slice(i, step) for i in range(0, len(todo), step)]
+    return (
+        ray.data.from_arrow(blocks)
+        .map_batches(
+            _windows,
+            batch_size=step,
+            fn_kwargs={"segment": config.segment_seconds, "stride": config.stride_seconds},
+            **DECODE_PLACEMENT,
+        )
+        .map_batches(decode_batch, batch_size=step, fn_kwargs=decode, **DECODE_PLACEMENT)
+        .map_batches(
+            _Embedder,
+            fn_constructor_kwargs={
+                "run": config_to_dict(model.run),
+                "weights": str(model.weights),
+                "dtype": config.dtype,
+            },
+            batch_size=config.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=1 if gpus else 0,
+        )
+    )
+
+
+def _windows(batch: dict, *, segment: float | None, stride: float | None) -> dict:
+    """One row per window of each video, with its time range and the video's size for decoding; a video
+    that cannot be opened becomes one row with its error."""
+    from pipelines.video import VideoError, probe
+
+    out: dict[str, list] = {k: [] for k in (*batch, *INFO_COLUMNS, "window_start", "window_end", "start_s",
+                                             "end_s", "windows", "error")}  # fmt: skip
+    for i, path in enumerate(batch["video_path"]):
+        try:
+            info = probe(str(path))
+            error = ""
+        except VideoError as e:
+            info, error = None, e.reason
+        duration = info.num_frames / info.fps if info and info.fps > 0 else 0.0
+        spans = _spans(duration, segment, stride) if info else [(0.0, 0.0)]
+        for start, end in spans:
+            for k in batch:
+                out[k].append(batch[k][i])
+            for k in INFO_COLUMNS:
+                out[k].append(getattr(info, k) if info else 0)
+            whole = duration or 1.0
+            out["window_start"].append(start / whole if duration else 0.0)
+            out["window_end"].append(end / whole if duration else 1.0)
+            out["start_s"].append(start)
+            out["end_s"].append(end)
+            out["windows"].append(len(spans))
+            out["error"].append(error)
+    return {k: np.asarray(v) if k != "error" else np.asarray(v, dtype=object) for k, v in out.items()}
+
+
+def _spans(duration: float, segment: float | None, stride: float | None) -> list[tuple[float, float]]:
+    """Windows of `segment` seconds every `stride` seconds covering the video; the whole of a short one."""
+    if not segment or duration <= segment:
+        return [(0.0, duration)]
+    stride = stride or segment
+    starts = list(np.arange(0.0, duration - segment + 1e-9, stride))
+    if starts[-1] + segment < duration - 1e-9:  # the tail: a last window that ends with the video
+        starts.append(duration - segment)
+    return [(float(s), float(s) + segment) for s in starts]
+
+
+class _Embedder:
+    """An actor of the pool: the model, on its GPU in bf16 or on the CPU in fp32."""
+
+    def __init__(self, run: dict, weights: str, dtype: str):
+        import torch
+
+        from model import build_model
+        from orchestrator import checkpoint
+        from orchestrator.config_io import config_from_dict
+
+        config = config_from_dict(run)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = build_model(config.model)
+        checkpoint.load_weights(Path(weights).parent, self.model)
+        self.model.eval().to(self.device)
+        self.dtype = np.float16 if dtype == "float16" else np.float32
+        self.autocast = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if self.device.type == "cuda" else None
+        )
+
+    def __call__(self, batch: dict) -> pa.Table:
+        import contextlib
+
+        import torch
+
+        from model import normalize_frames
+
+        ok = np.array([not e for e in batch["error"]], dtype=bool)
+        dim = self.model.config.embed_dim
+        emb = np.zeros((len(ok), dim), np.float32)
+        if ok.any():
+            frames = torch.from_numpy(np.asarray(batch["frames"][ok])).to(self.device)
+            with torch.no_grad(), self.autocast() if self.autocast else contextlib.nullcontext():
+                emb[ok] = self.model.encode_video(normalize_frames(frames)).float().cpu().numpy()
+        columns = {k: batch[k] for k in batch if k not in ("frames", *INFO_COLUMNS)}
+        values = pa.array(emb.astype(self.dtype).ravel())
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(values, dim)
+        columns["error"] = pa.array([str(e) for e in batch["error"]], pa.string())
+        return pa.table(columns)
+
+
+def _settings(model: ModelSource, config: EmbedConfig) -> dict:
+    """What decides a row's embedding besides the weights: a library keeps one of each."""
+    return {
+        "frames_per_group": model.run.model.frames_per_group,
+        "eval_groups": model.run.data.eval_groups,
+        "image_size": model.run.model.image_size,
+        "segment_seconds": config.segment_seconds,
+        "stride_seconds": config.stride_seconds or config.segment_seconds,
+        "dtype": config.dtype,
+        "dimension": model.run.model.embed_dim,
+    }
+
+
+def _check_same(existing: dict, model: ModelSource, settings: dict, out: Path) -> None:
+    if existing["model"]["digest"] != model.digest:
+        raise LibraryMismatch(
+            f"the library {out} was embedded by another model ({existing['model']['source']}, digest "
+            f"{existing['model']['digest']}); this job's is {model.source} ({model.digest}). Use another "
+            "--out, or --rebuild to embed the whole library again with this model"
+        )
+    before = existing["settings"]
+    changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
+        raise LibraryMismatch(f"the library {out} was embedded with other settings ({detail}); use --rebuild")
+
+
+def _write_model(model: ModelSource, out: Path) -> None:
+    folder = out / store.MODEL_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / MODEL_FILE).exists():
+        shutil.copyfile(model.weights, folder / MODEL_FILE)
+    from orchestrator.config_io import dump_config
+
+    (folder / CONFIG_FILE).write_text(dump_config(model.run))
+
+
+def _manifest(model: ModelSource, settings: dict, existing: dict | None) -> dict:
+    import faiss
+    import open_clip
+    import torch
+
+    import orchestrator
+
+    return {
+        "format": FORMAT_VERSION,
+        "model": model.description,
+        "settings": settings,
+        "counts": (existing or {}).get("counts", {}),
+        "versions": {
+            "promptswitch": getattr(orchestrator, "__version__", "0.1.0"),
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+            "faiss": faiss.__version__,
+        },
+    }

@@ -1,0 +1,95 @@
+"""A library on disk: Parquet shards of embeddings, the model that made them, and a manifest.
+
+    <library>/manifest.json                  model source and digest, dimension, sampling, counts, versions
+    <library>/model/{model.safetensors,config.yaml}   a copy of the model: searching needs its text tower
+    <library>/shards/shard-00000.parquet     one row per video or segment (SCHEMA)
+    <library>/index/                          an approximate index, when one was built
+
+A shard is written whole (to a temporary name, then renamed), so a killed job loses at most the shard it
+was filling, and a run again finds every finished shard. A video embedded again because it changed lives in
+a later shard: the latest shard that holds a video is the one that counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+MODEL_DIR = "model"
+INDEX_DIR = "index"
+# What identifies a video's file: a video whose path, size or modification time changed is embedded again.
+IDENTITY = ("video_path", "size", "mtime_ns")
+
+
+def schema(dim: int, dtype: str) -> pa.Schema:
+    value = pa.float16() if dtype == "float16" else pa.float32()
+    return pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("video_path", pa.string()),
+            ("size", pa.int64()),
+            ("mtime_ns", pa.int64()),
+            ("start_s", pa.float64()),  # the segment's time range; the whole video for a short clip
+            ("end_s", pa.float64()),
+            # L2-normalised; zeros for a video that failed (a null list does not survive Parquet here)
+            ("embedding", pa.list_(value, dim)),
+            ("error", pa.string()),  # empty when the video decoded
+        ]
+    )
+
+
+def shard_paths(library: Path) -> list[Path]:
+    return sorted((library / SHARDS).glob("shard-*.parquet"))
+
+
+def write_shard(library: Path, rows: pa.Table) -> Path:
+    folder = library / SHARDS
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = shard_paths(library)
+    number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+    final = folder / f"shard-{number:05d}.parquet"
+    tmp = folder / f".{final.name}.tmp"
+    pq.write_table(rows, tmp)
+    os.replace(tmp, final)
+    return final
+
+
+def read_rows(library: Path, columns: list[str] | None = None) -> pa.Table:
+    """Every current row, in shard order: rows of a video that a later shard holds again are dropped."""
+    wanted = None if columns is None else sorted({*columns, "video_path"})
+    tables = [pq.read_table(path, columns=wanted) for path in shard_paths(library)]
+    latest = {}
+    for number, table in enumerate(tables):
+        latest.update(dict.fromkeys(table["video_path"].to_pylist(), number))
+    current = [
+        t.filter(pa.array([latest[p] == number for p in t["video_path"].to_pylist()], pa.bool_()))
+        for number, t in enumerate(tables)
+    ]
+    if not current:
+        return pa.table({c: pa.array([], pa.string()) for c in (columns or ["video_path"])})
+    rows = pa.concat_tables(current)
+    return rows.select(columns) if columns else rows
+
+
+def known_videos(library: Path) -> set[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every video the library holds, embedded or reported bad."""
+    rows = read_rows(library, list(IDENTITY))
+    return set(zip(*(rows[c].to_pylist() for c in IDENTITY), strict=True)) if rows.num_rows else set()
+
+
+def read_manifest(library: Path) -> dict | None:
+    path = library / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_manifest(library: Path, manifest: dict) -> None:
+    library.mkdir(parents=True, exist_ok=True)
+    tmp = library / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, library / MANIFEST)

@@ -1,0 +1,80 @@
+"""`promptswitch embed` and `promptswitch search` as a user runs them: subprocesses, local Ray, MLflow."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from ray.train import Checkpoint
+
+from library.search import Library
+from orchestrator.scoring import score_checkpoint
+from pipelines.dataset import prepare_data
+from tests.library.test_embed import _checkpoint
+
+PROMPTSWITCH = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def _run(*args, cwd):
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [*PROMPTSWITCH, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+
+
+def test_a_bad_option_is_refused_before_ray_starts(tmp_path):
+    done = _run(
+        "embed", "--model", "x", "--manifest", "m.parquet", "--out", "lib", "dtype=int8", cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert "dtype='int8' is invalid; allowed: float32, float16" in done.stderr
+    assert "Ray:" not in done.stdout
+
+
+@pytest.mark.slow
+def test_embed_then_search_from_the_command_line_gives_evaluations_recall(ray_local, synth, tmp_path):
+    run = _checkpoint(tmp_path / "ckpt", synth)
+    done = _run("embed", "--model", str(tmp_path / "ckpt"), "--manifest", str(synth), "--out",
+                str(tmp_path / "lib"), "--split", "test", "batch_size=4", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "library " + str(tmp_path / "lib") + ": 6 videos, 6 rows, 0 bad" in done.stdout
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (job,) = client.search_runs([client.get_experiment_by_name("promptswitch-library").experiment_id])
+    assert job.info.status == "FINISHED" and job.data.metrics["videos"] == 6
+    assert job.data.tags["promptswitch.model_source"] == str(tmp_path / "ckpt")
+    assert {a.path for a in client.list_artifacts(job.info.run_id)} >= {
+        "library_manifest.json",
+        "bad_videos.json",
+    }
+
+    table = _run("search", str(tmp_path / "lib"), "a red circle moves left", "-k", "3", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr[-3000:]
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["rank", "score", "time", "(s)", "video", "id", "path"] and len(lines) == 4
+    hits = _run("search", str(tmp_path / "lib"), "a red circle moves left", "-k", "3", "--json", cwd=tmp_path)
+    records = [json.loads(line) for line in hits.stdout.splitlines()]
+    assert [r["rank"] for r in records] == [1, 2, 3]
+    assert records[0]["video_id"] == lines[1].split()[3]
+    assert records[0]["score"] >= records[1]["score"] >= records[2]["score"]
+    like = _run("search", str(tmp_path / "lib"), "--like", records[0]["video_path"], "--json", cwd=tmp_path)
+    assert json.loads(like.stdout.splitlines()[0])["video_path"] == records[0]["video_path"]
+
+    # The library of the test split, searched with every test caption, ranks as `promptswitch eval` does.
+    data = prepare_data(run.data, run.model.frames_per_group)
+    evaluated = score_checkpoint(Checkpoint.from_directory(str(tmp_path / "ckpt")), run, data, "test")
+    captions = data.splits["test"].captions
+    videos = data.splits["test"].videos["video_path"].to_pylist()
+    hits = Library.open(tmp_path / "lib").search(captions["caption"].to_pylist(), k=10)
+    ranks = np.array(
+        [
+            next((h.rank for h in per if h.video_path == videos[i]), 11)
+            for per, i in zip(hits, captions["video_index"].to_pylist(), strict=True)
+        ]
+    )
+    for k in (1, 5, 10):
+        assert 100 * np.mean(ranks <= k) == pytest.approx(evaluated[f"t2v_recall_at_{k}"], abs=1e-9), k
