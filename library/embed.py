@@ -332,11 +332,11 @@ def _write_model(model: ModelSource, out: Path) -> None:
 
 
 def _manifest(model: ModelSource, settings: dict, existing: dict | None) -> dict:
+    from importlib.metadata import version
+
     import faiss
     import open_clip
     import torch
-
-    import orchestrator
 
     return {
         "format": FORMAT_VERSION,
@@ -344,7 +344,7 @@ def _manifest(model: ModelSource, settings: dict, existing: dict | None) -> dict
         "settings": settings,
         "counts": (existing or {}).get("counts", {}),
         "versions": {
-            "promptswitch": getattr(orchestrator, "__version__", "0.1.0"),
+            "promptswitch": version("promptswitch"),
             "torch": torch.__version__,
             "open_clip": open_clip.__version__,
             "faiss": faiss.__version__,
