@@ -40,8 +40,9 @@ def unit_rows(n, d, seed):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_exact_search_is_the_brute_force_top_k():
-    vectors, queries = unit_rows(2_000, 32, seed=1), unit_rows(50, 32, seed=2)
+@pytest.mark.parametrize("n_queries", [1, 50])  # FAISS scans for one query, uses BLAS for a batch
+def test_exact_search_is_the_brute_force_top_k(n_queries):
+    vectors, queries = unit_rows(2_000, 32, seed=1), unit_rows(n_queries, 32, seed=2)
     scores, rows = search(build_index(vectors), queries, k=10)
     brute = queries @ vectors.T
     expected = np.argsort(-brute, axis=1)[:, :10]
