@@ -43,6 +43,8 @@ class EmbedConfig:
     shard_rows: int = 1024  # rows per shard: what a killed job can lose
     split: str | None = None  # of a manifest; None: every split
     cache_dir: str | None = None  # the preprocessing cache (`promptswitch data cache`), when there is one
+    index: str = "exact"  # "approximate": also build an approximate index (large libraries)
+    index_factory: str | None = None  # FAISS index_factory string; None: library.index's default for the size
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
@@ -53,6 +55,13 @@ class EmbedConfig:
         require(stride is None or (seg and stride > 0), "stride_seconds", stride, "> 0, with segment_seconds")
         require(self.shard_rows >= 1, "shard_rows", self.shard_rows, "an integer >= 1")
         require(self.split in (None, "train", "val", "test"), "split", self.split, "train, val, test or null")
+        require(self.index in ("exact", "approximate"), "index", self.index, "exact, approximate")
+        require(
+            self.index_factory is None or self.index == "approximate",
+            "index_factory",
+            self.index_factory,
+            "null unless index=approximate",
+        )
 
 
 def list_videos(videos: Path, split: str | None = None) -> pa.Table:
@@ -120,6 +129,7 @@ def embed_library(
         "embedded_now": embedded,
         "rows_now": rows_written,
     }
+    manifest["index"] = _build_index(out, config, manifest["settings"]["dimension"])
     manifest["last_job"] = {
         "videos_per_second": embedded / elapsed if elapsed > 0 and embedded else 0.0,
         "seconds": elapsed,
@@ -292,6 +302,33 @@ class _Embedder:
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(values, dim)
         columns["error"] = pa.array([str(e) for e in batch["error"]], pa.string())
         return pa.table(columns)
+
+
+def _build_index(out: Path, config: EmbedConfig, dim: int) -> dict | None:
+    """With index=approximate: an index over every searchable row, its recall@10 against exact search on
+    held-out library vectors, saved beside the shards and tied to them by their fingerprint."""
+    from library import index as faiss_index
+
+    if config.index == "exact":
+        return None
+    _, vectors = store.searchable(out, dim)
+    spec = faiss_index.IndexSpec(kind="approximate", factory=config.index_factory)
+    started = time.perf_counter()
+    index = faiss_index.build_index(vectors, spec)
+    seconds = time.perf_counter() - started
+    recall = faiss_index.held_out_recall(vectors, index, k=10, queries=min(1000, len(vectors) - 1))
+    faiss_index.save_index(index, out / store.INDEX_DIR / store.INDEX_FILE)
+    print(f"approximate index {spec.factory or faiss_index.default_factory(*vectors.shape)}: "
+          f"recall@10 {recall:.3f} against exact search on held-out library vectors")  # fmt: skip
+    return {
+        "factory": spec.factory or faiss_index.default_factory(*vectors.shape),
+        "search_params": faiss_index.default_search_params(index) | spec.search_params,
+        "rows": len(vectors),
+        "recall_at_10": recall,
+        "build_seconds": seconds,
+        "bytes": faiss_index.index_bytes(index),
+        "fingerprint": store.fingerprint(out),
+    }
 
 
 def _settings(model: ModelSource, config: EmbedConfig) -> dict:

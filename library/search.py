@@ -16,12 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from library import index as faiss_index
 from library import store
-
-RECORD_COLUMNS = ("video_id", "video_path", "start_s", "end_s")
 
 
 @dataclass(frozen=True)
@@ -47,23 +44,20 @@ class Library:
 
     @classmethod
     def open(cls, path: str | Path) -> Library:
+        """The library at `path`, searched with its approximate index when one matches its rows, else
+        exactly."""
         path = Path(path)
         manifest = store.read_manifest(path)
         if manifest is None:
             raise FileNotFoundError(
                 f"{path} is not a library (no {store.MANIFEST}); make one with `promptswitch embed`"
             )
-        rows = store.read_rows(path, [*RECORD_COLUMNS, "embedding", "error"])
-        if rows.num_rows:
-            rows = rows.filter(pc.equal(rows["error"], ""))
-        dim = manifest["settings"]["dimension"]
-        if rows.num_rows:
-            flat = rows["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            vectors = np.ascontiguousarray(flat.reshape(-1, dim), dtype=np.float32)
-        else:
-            vectors = np.zeros((0, dim), np.float32)
-        records = rows.select(list(RECORD_COLUMNS)) if rows.num_rows else rows
-        index = faiss_index.build_index(vectors, faiss_index.IndexSpec())  # exact inner product
+        records, vectors = store.searchable(path, manifest["settings"]["dimension"])
+        built = manifest.get("index") or {}
+        if built.get("fingerprint") == store.fingerprint(path):
+            index = faiss_index.load_index(path / store.INDEX_DIR / store.INDEX_FILE)
+        else:  # none, or built before the library last changed
+            index = faiss_index.build_index(vectors, faiss_index.IndexSpec())  # exact inner product
         return cls(path, manifest, records, vectors, index)
 
     def __len__(self) -> int:

@@ -12,11 +12,14 @@ a later shard: the latest shard that holds a video is the one that counts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 MANIFEST = "manifest.json"
@@ -25,6 +28,8 @@ MODEL_DIR = "model"
 INDEX_DIR = "index"
 # What identifies a video's file: a video whose path, size or modification time changed is embedded again.
 IDENTITY = ("video_path", "size", "mtime_ns")
+RECORD_COLUMNS = ("video_id", "video_path", "start_s", "end_s")  # what a search hit says about its row
+INDEX_FILE = "index.faiss"  # under INDEX_DIR; the manifest's "index" entry says what it is
 
 
 def schema(dim: int, dtype: str) -> pa.Schema:
@@ -75,6 +80,26 @@ def read_rows(library: Path, columns: list[str] | None = None) -> pa.Table:
         return pa.table({c: pa.array([], pa.string()) for c in (columns or ["video_path"])})
     rows = pa.concat_tables(current)
     return rows.select(columns) if columns else rows
+
+
+def searchable(library: Path, dim: int) -> tuple[pa.Table, np.ndarray]:
+    """(records, vectors) of the rows that embedded, row i of one being row i of the other: what an index
+    is built over and what its row numbers mean."""
+    rows = read_rows(library, [*RECORD_COLUMNS, "embedding", "error"])
+    if not rows.num_rows:
+        empty = pa.table({c: pa.array([], pa.string()) for c in RECORD_COLUMNS})
+        return empty, np.zeros((0, dim), np.float32)
+    rows = rows.filter(pc.equal(rows["error"], ""))
+    flat = rows["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return rows.select(list(RECORD_COLUMNS)), np.ascontiguousarray(flat.reshape(-1, dim), dtype=np.float32)
+
+
+def fingerprint(library: Path) -> str:
+    """Names and sizes of the shards: an index built over other shards does not match the rows."""
+    digest = hashlib.sha256()
+    for path in shard_paths(library):
+        digest.update(f"{path.name}:{path.stat().st_size};".encode())
+    return digest.hexdigest()[:16]
 
 
 def known_videos(library: Path) -> set[tuple[str, int, int]]:

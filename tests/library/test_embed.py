@@ -118,3 +118,31 @@ def test_shards_written_later_supersede_earlier_rows(tmp_path):
     assert rows["video_path"].to_pylist() == ["/v/b.mp4", "/v/a.mp4"]
     assert rows["mtime_ns"].to_pylist() == [1, 2]
     assert store.known_videos(tmp_path) == {("/v/b.mp4", 1, 1), ("/v/a.mp4", 1, 2)}
+
+
+@pytest.mark.slow
+def test_an_approximate_index_is_measured_saved_and_used_while_it_matches(ray_local, synth, tmp_path):
+    import faiss
+
+    _checkpoint(tmp_path / "ckpt", synth)
+    model = resolve(str(tmp_path / "ckpt"))
+    config = EmbedConfig(index="approximate", index_factory="HNSW8,Flat")
+    manifest = embed_library(model, synth, tmp_path / "lib", config)
+    built = manifest["index"]
+    assert built["factory"] == "HNSW8,Flat" and built["rows"] == 24
+    assert built["recall_at_10"] >= 0.95  # a graph over 24 vectors finds them all
+    lib = Library.open(tmp_path / "lib")
+    assert isinstance(lib.index, faiss.IndexHNSWFlat)
+    exact = faiss.IndexFlatIP(lib.vectors.shape[1])
+    exact.add(lib.vectors)
+    _, want = exact.search(lib.vectors[:5], 3)
+    got = [[h.video_path for h in per] for per in lib.search_vectors(lib.vectors[:5], 3)]
+    assert got == [[lib.records["video_path"][int(r)].as_py() for r in row] for row in want]
+
+    (tmp_path / "extra").mkdir()
+    shutil.copy(synth.parent / "videos" / "synth-0000.mp4", tmp_path / "extra" / "extra.mp4")
+    embed_library(model, tmp_path / "extra", tmp_path / "lib2", EmbedConfig())  # another library
+    (tmp_path / "lib" / "shards" / "shard-00001.parquet").write_bytes(
+        (tmp_path / "lib2" / "shards" / "shard-00000.parquet").read_bytes()
+    )  # the library changed after its index was built: searched exactly again
+    assert isinstance(Library.open(tmp_path / "lib").index, faiss.IndexFlatIP)
