@@ -1,4 +1,4 @@
-"""`promptswitch embed` and `promptswitch search`, and the embedding job's MLflow run."""
+"""`promptswitch embed`, `search` and `serve`, and the embedding job's MLflow run."""
 
 from __future__ import annotations
 
@@ -89,3 +89,11 @@ def run_search(args) -> int:
         span = f"{h.start_s:.1f}-{h.end_s:.1f}"
         print(f"{h.rank:>4}  {h.score:6.3f}  {span:>13}  {h.video_id:<24}  {h.video_path}")
     return 0
+
+
+def run_serve(args) -> int:
+    from library.serve import serve_library
+
+    return serve_library(
+        args.library, host=args.host, port=args.port, replicas=args.replicas, address=args.address
+    )

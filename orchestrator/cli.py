@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--like", type=Path, help="a video: find the library's rows like it")
     search.add_argument("--json", action="store_true", help="one JSON object per hit")
     search.set_defaults(run=_search)
+    web = commands.add_parser("serve", help="a library's search as a Ray Serve application with a web page")
+    web.add_argument("library", type=Path)
+    web.add_argument("--port", type=int, default=8000)
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    web.add_argument("--replicas", type=int, default=1, help="replicas, each holding the library once")
+    web.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+    web.set_defaults(run=_serve)
 
     data = commands.add_parser("data", help="prepare, generate, cache and check video datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -143,6 +150,12 @@ def _search(args) -> int:
     from library.job import run_search
 
     return run_search(args)
+
+
+def _serve(args) -> int:
+    from library.job import run_serve
+
+    return run_serve(args)
 
 
 def _quickstart(args) -> int:
