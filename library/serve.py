@@ -138,6 +138,9 @@ def serve_library(library: Path, *, host: str, port: int, replicas: int, address
     except KeyboardInterrupt:
         print("promptswitch: stopping", flush=True)
     finally:
+        # A second Ctrl-C (or a signal forwarded by a wrapper) must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         serve.delete(APP)
         if not serve.status().applications:  # a joined cluster's Serve may hold others: leave those running
             serve.shutdown()
