@@ -276,7 +276,7 @@ class _Embedder:
         config = config_from_dict(run)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_model(config.model)
-        checkpoint.load_weights(Path(weights).parent, self.model)
+        checkpoint.load_weights(Path(weights), self.model)  # the file itself: an MLflow model names it
         self.model.eval().to(self.device)
         self.dtype = np.float16 if dtype == "float16" else np.float32
         self.autocast = (

@@ -70,8 +70,10 @@ def load(folder: Path, model: nn.Module, opt: Optimisation) -> TrainState:
     return TrainState(**raw)
 
 
-def load_weights(folder: Path, model: nn.Module) -> None:
-    model.load_state_dict(safetensors.torch.load_file(Path(folder) / MODEL_FILE))
+def load_weights(path: Path, model: nn.Module) -> None:
+    """The model's weights from a checkpoint folder, or from a safetensors file (an MLflow model's)."""
+    path = Path(path)
+    model.load_state_dict(safetensors.torch.load_file(path / MODEL_FILE if path.is_dir() else path))
 
 
 def _device_name(device: torch.device) -> str:
