@@ -184,8 +184,9 @@ def _dataset(todo: pa.Table, model: ModelSource, config: EmbedConfig):
     cache = None
     if config.cache_dir:
         cache = build_cache(todo["video_path"].to_pylist(), replace(data, cache_dir=config.cache_dir))
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    actors = config.actors or (gpus or max(1, int(ray.cluster_resources().get("CPU", 2)) // 2))
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    actors = config.actors or (gpus or max(1, int(resources.get("CPU", 2)) // 2))
     decode = {
         "frames_per_group": model.run.model.frames_per_group,
         "groups": data.eval_groups,
