@@ -356,10 +356,10 @@ def _traced_decode(batch: dict, **options) -> dict:
 
 def ray_timeline(data, config, frames: int) -> str:
     """Run the eval dataset's tasks once more, traced: how long each worker sat idle between its tasks."""
-    from pipelines.dataset import _decode_options
+    from pipelines.dataset import decode_options
 
     rows = data.splits["test"].videos.drop_columns(["video_id"])  # as eval_dataset: with the scan's info
-    options = _decode_options(data, config, frames, train=False)
+    options = decode_options(config, frames, str(data.cache.path) if data.cache else None, train=False)
     ds = ray_floor(rows, config.decode_batch_size, shuffle=False, udf=partial(_traced_decode, **options))
     start = time.time()
     tasks = {tuple(t) for b in ds.iter_batches(batch_size=None) for t in b["trace"].tolist()}

@@ -22,7 +22,8 @@ from library import store
 from library.source import ModelSource
 from model.config import ConfigError, require
 from orchestrator.checkpoint import CONFIG_FILE, MODEL_FILE
-from pipelines.decode import DECODE_PLACEMENT, INFO_COLUMNS
+from orchestrator.config import RunConfig
+from pipelines.decode import DECODE_PLACEMENT, INFO_COLUMNS, decode_batch
 from pipelines.manifest import read_manifest
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -113,7 +114,10 @@ def embed_library(
     started, embedded, rows_written, bad = time.perf_counter(), 0, 0, []
     if len(todo):
         writer = _ShardWriter(out, store.schema(model.run.model.embed_dim, config.dtype), config.shard_rows)
-        for batch in _dataset(todo, model, config).iter_batches(batch_format="pyarrow", batch_size=None):
+        dataset = embedding_dataset(
+            todo, model.run, model.weights, config, cache_path=_cache(todo, model, config)
+        )
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             for video in writer.add(batch):
                 embedded += 1
                 if video["error"]:
@@ -138,6 +142,17 @@ def embed_library(
     }
     store.write_manifest(out, manifest)
     return manifest
+
+
+def _cache(todo: pa.Table, model: ModelSource, config: EmbedConfig) -> str | None:
+    """The preprocessing cache of these videos in `cache_dir` (built, or found built), if one is asked for."""
+    from pipelines.cache import build_cache
+
+    if not config.cache_dir:
+        return None
+    return str(
+        build_cache(todo["video_path"].to_pylist(), replace(model.run.data, cache_dir=config.cache_dir)).path
+    )
 
 
 class _ShardWriter:
@@ -172,49 +187,59 @@ class _ShardWriter:
         self.ready = []
 
 
-def _dataset(todo: pa.Table, model: ModelSource, config: EmbedConfig):
+def embedding_dataset(
+    rows: pa.Table,
+    run: RunConfig,
+    weights,
+    config: EmbedConfig,
+    *,
+    cache_path: str | None = None,
+    precision: str = "bf16",
+    use_gpu: bool | None = None,
+):
+    """A Ray Data dataset of `rows` (video_path and whatever else rides along) embedded by `run`'s model.
+
+    `weights` is the weights file or a Ray Train checkpoint (which each actor reads). Without
+    `segment_seconds` a row is one whole video, probed first unless the rows carry the scan's
+    `INFO_COLUMNS`; with it, each video's windows. Failed videos come out as rows with their `error`.
+    `precision` applies on GPUs (CPU actors run fp32); `use_gpu=None` uses GPUs where the cluster has any.
+    """
     import ray
     import ray.data
 
     from orchestrator.config_io import config_to_dict
-    from pipelines.cache import build_cache
-    from pipelines.decode import decode_batch
+    from pipelines.dataset import decode_options
 
-    data = model.run.data
-    cache = None
-    if config.cache_dir:
-        cache = build_cache(todo["video_path"].to_pylist(), replace(data, cache_dir=config.cache_dir))
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
+    gpus = int(resources.get("GPU", 0)) if use_gpu is not False else 0
     actors = config.actors or (gpus or max(1, int(resources.get("CPU", 2)) // 2))
-    decode = {
-        "frames_per_group": model.run.model.frames_per_group,
-        "groups": data.eval_groups,
-        "size": model.run.model.image_size,
-        "short_side": data.cache_short_side,
-        "train": False,
-        "cache_path": str(cache.path) if cache else None,
-        "crop_scale": data.train_crop_scale,
-        "flip_p": 0.0,
-        "keep_failed": True,
+    run = replace(run, model=replace(run.model, pretrained=None))  # the checkpoint's weights replace CLIP's
+    decode = decode_options(run.data, run.model.frames_per_group, cache_path, train=False) | {
+        "keep_failed": True
     }
-    step = max(1, config.batch_size)
-    blocks = [todo.slice(i, step) for i in range(0, len(todo), step)]
+    step = config.batch_size
+    blocks = [rows.slice(i, step) for i in range(0, len(rows), step)]
     return (
         ray.data.from_arrow(blocks)
         .map_batches(
             _windows,
             batch_size=step,
-            fn_kwargs={"segment": config.segment_seconds, "stride": config.stride_seconds},
+            fn_kwargs={
+                "segment": config.segment_seconds,
+                "stride": config.stride_seconds,
+                "cache_path": cache_path,
+                "cache_fps": run.data.cache_fps,
+            },
             **DECODE_PLACEMENT,
         )
         .map_batches(decode_batch, batch_size=step, fn_kwargs=decode, **DECODE_PLACEMENT)
         .map_batches(
             _Embedder,
             fn_constructor_kwargs={
-                "run": config_to_dict(model.run),
-                "weights": str(model.weights),
+                "run": config_to_dict(run),
+                "weights": weights if not isinstance(weights, Path) else str(weights),
                 "dtype": config.dtype,
+                "precision": precision,
             },
             batch_size=config.batch_size,
             compute=ray.data.ActorPoolStrategy(size=actors),
@@ -223,16 +248,27 @@ def _dataset(todo: pa.Table, model: ModelSource, config: EmbedConfig):
     )
 
 
-def _windows(batch: dict, *, segment: float | None, stride: float | None) -> dict:
+def _windows(
+    batch: dict, *, segment: float | None, stride: float | None, cache_path: str | None, cache_fps: float
+) -> dict:
     """One row per window of each video, with its time range and the video's size for decoding; a video
-    that cannot be opened becomes one row with its error."""
-    from pipelines.video import VideoError, probe
+    that cannot be opened becomes one row with its error. Rows that carry the scan's size are not probed,
+    and with the cache the video's length is the cache's (at its frame rate): the raw file is not opened."""
+    from pipelines.cache import open_cache
+    from pipelines.video import VideoError, VideoInfo, probe
+
+    def info_of(i: int, path: str) -> VideoInfo:
+        if INFO_COLUMNS[0] in batch:
+            return VideoInfo(*(batch[k][i].item() for k in INFO_COLUMNS))
+        if cache_path:
+            return VideoInfo(open_cache(cache_path).num_frames(path), cache_fps, 0, 0)
+        return probe(path)
 
     out: dict[str, list] = {k: [] for k in (*batch, *INFO_COLUMNS, "window_start", "window_end", "start_s",
                                              "end_s", "windows", "error")}  # fmt: skip
     for i, path in enumerate(batch["video_path"]):
         try:
-            info = probe(str(path))
+            info = info_of(i, str(path))
             error = ""
         except VideoError as e:
             info, error = None, e.reason
@@ -240,7 +276,8 @@ def _windows(batch: dict, *, segment: float | None, stride: float | None) -> dic
         spans = _spans(duration, segment, stride) if info else [(0.0, 0.0)]
         for start, end in spans:
             for k in batch:
-                out[k].append(batch[k][i])
+                if k not in INFO_COLUMNS:
+                    out[k].append(batch[k][i])
             for k in INFO_COLUMNS:
                 out[k].append(getattr(info, k) if info else 0)
             whole = duration or 1.0
@@ -265,28 +302,30 @@ def _spans(duration: float, segment: float | None, stride: float | None) -> list
 
 
 class _Embedder:
-    """An actor of the pool: the model, on its GPU in bf16 or on the CPU in fp32."""
+    """An actor of the pool: the model, on its GPU with autocast at `precision`, or on the CPU in fp32."""
 
-    def __init__(self, run: dict, weights: str, dtype: str):
+    def __init__(self, run: dict, weights, dtype: str, precision: str):
+        import contextlib
+
         import torch
 
         from model import build_model
         from orchestrator import checkpoint
         from orchestrator.config_io import config_from_dict
+        from orchestrator.step import autocast_for
 
         config = config_from_dict(run)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_model(config.model)
-        checkpoint.load_weights(Path(weights), self.model)  # the file itself: an MLflow model names it
+        # A weights file (an MLflow model's need not be called model.safetensors), or a training run's
+        # checkpoint, wherever its storage is.
+        with weights.as_directory() if not isinstance(weights, str) else contextlib.nullcontext(weights) as w:
+            checkpoint.load_weights(Path(w), self.model)
         self.model.eval().to(self.device)
         self.dtype = np.float16 if dtype == "float16" else np.float32
-        self.autocast = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if self.device.type == "cuda" else None
-        )
+        self.autocast = autocast_for(precision if self.device.type == "cuda" else "fp32", self.device)
 
     def __call__(self, batch: dict) -> pa.Table:
-        import contextlib
-
         import torch
 
         from model import normalize_frames
@@ -296,7 +335,7 @@ class _Embedder:
         emb = np.zeros((len(ok), dim), np.float32)
         if ok.any():
             frames = torch.from_numpy(np.asarray(batch["frames"][ok])).to(self.device)
-            with torch.no_grad(), self.autocast() if self.autocast else contextlib.nullcontext():
+            with torch.no_grad(), self.autocast():
                 emb[ok] = self.model.encode_video(normalize_frames(frames)).float().cpu().numpy()
         columns = {k: batch[k] for k in batch if k not in ("frames", *INFO_COLUMNS)}
         values = pa.array(emb.astype(self.dtype).ravel())

@@ -17,9 +17,8 @@ import yaml
 
 from model.config import ConfigError
 from orchestrator.checkpoint import CONFIG_FILE, MODEL_FILE
-from orchestrator.config import RunConfig
+from orchestrator.config import SELECTION_METRIC, RunConfig
 from orchestrator.config_io import config_from_dict
-from orchestrator.trainer import SCORE  # what the training job keeps its checkpoints by
 
 RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints and metrics
 
@@ -68,9 +67,9 @@ def best_checkpoint(run_folder: Path) -> Path:
     snapshot = run_folder / RUN_SNAPSHOT
     if snapshot.is_file():
         results = json.loads(snapshot.read_text()).get("checkpoint_results", [])
-        scored = [r for r in results if SCORE in r.get("metrics", {})]
+        scored = [r for r in results if SELECTION_METRIC in r.get("metrics", {})]
         if scored:
-            best = max(scored, key=lambda r: r["metrics"][SCORE])
+            best = max(scored, key=lambda r: r["metrics"][SELECTION_METRIC])
             return run_folder / best["checkpoint_dir_name"]
     folders = sorted(run_folder.glob("checkpoint_*"))
     if not folders:

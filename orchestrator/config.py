@@ -13,6 +13,8 @@ from orchestrator.grad_sync import COMPRESSIONS
 from pipelines.config import DataConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# What picks a run's best checkpoint and a sweep's best trial: validation text-to-video R@1.
+SELECTION_METRIC = "val_t2v_recall_at_1"
 
 
 @dataclass(frozen=True)

@@ -1,52 +1,81 @@
-"""Retrieval evaluation: every video embedded once, independent of the texts; then texts and the metrics."""
+"""Retrieval evaluation in two halves: every video embedded once, independent of the texts (on whichever
+workers hold the video), then every caption encoded and ranked against all the videos in one place.
+
+The halves are apart because the first is spread out (the training workers' shares of the validation split,
+or the library's embedding job for `promptswitch eval` and the test split) and the second is not.
+"""
 
 from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pyarrow as pa
 import torch
 
 from model import PromptSwitchCLIP, normalize_frames, retrieval_metrics, tokenize
 
+TEXT_BATCH = 256
+
 
 @torch.no_grad()
-def evaluate(
+def embed_videos(
     model: PromptSwitchCLIP,
-    videos,  # a Ray Data dataset or iterator with video_index and frames columns
-    captions: pa.Table,  # video_index and caption per query
+    videos,
     device: torch.device,
     *,
     batch_size: int = 16,
     autocast=contextlib.nullcontext,
-) -> dict[str, float]:
-    """t2v and v2t retrieval metrics for one split, multi-caption videos included."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(video_index, embeddings) of every video this iterator yields (a Ray Data dataset or shard with
+    video_index and frames columns); fp32 embeddings on the host."""
     was_training = model.training
     model.eval()
-    n_videos = max(captions["video_index"].to_pylist()) + 1
-    video_emb = None
-    seen = torch.zeros(n_videos, dtype=torch.bool)
+    indices, embeddings = [], []
     for batch in videos.iter_torch_batches(
         batch_size=batch_size, dtypes={"frames": torch.uint8, "video_index": torch.long}
     ):
         with autocast():
             emb = model.encode_video(normalize_frames(batch["frames"].to(device))).float()
-        if video_emb is None:
-            video_emb = torch.zeros(n_videos, emb.shape[1], device=device)
-        index = batch["video_index"].to(device)
-        video_emb[index] = emb
-        seen[index.cpu()] = True
-    if video_emb is None:
+        indices.append(batch["video_index"].numpy())
+        embeddings.append(emb.cpu().numpy())
+    model.train(was_training)
+    dim = model.config.embed_dim
+    if not indices:  # this worker's share was empty
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    return np.concatenate(indices), np.concatenate(embeddings)
+
+
+@torch.no_grad()
+def rank_captions(
+    model: PromptSwitchCLIP,
+    video_index: np.ndarray,
+    video_emb: np.ndarray,
+    captions: pa.Table,  # video_index and caption per query
+    device: torch.device,
+    *,
+    autocast=contextlib.nullcontext,
+) -> dict[str, float]:
+    """t2v and v2t retrieval metrics: each caption scored against every video by exact inner product.
+
+    The metrics need every caption's rank among all videos (median and mean rank too), so the whole score
+    matrix is formed: an exact search with k the number of videos. A video that could not be embedded stays
+    a zero vector and ranks last for its captions; `videos_missing` counts them.
+    """
+    if not len(video_index):
         raise RuntimeError("no video of this split could be decoded")
-    # A video that failed to decode during this pass stays a zero vector: it ranks last for its captions.
-    text_emb = []
+    was_training = model.training
+    model.eval()
+    n_videos = max(captions["video_index"].to_pylist()) + 1
+    videos = torch.zeros(n_videos, video_emb.shape[1], device=device)
+    videos[torch.as_tensor(video_index, device=device)] = torch.as_tensor(video_emb, device=device)
     texts = captions["caption"].to_pylist()
-    for start in range(0, len(texts), 256):
+    text_emb = []
+    for start in range(0, len(texts), TEXT_BATCH):
         with autocast():
-            text_emb.append(model.encode_text(tokenize(texts[start : start + 256]).to(device)).float())
-    sims = torch.cat(text_emb) @ video_emb.T
-    caption_video = torch.as_tensor(captions["video_index"].to_numpy(), device=device)
-    metrics = retrieval_metrics(sims, caption_video)
-    metrics["videos_missing"] = float((~seen).sum())
+            text_emb.append(model.encode_text(tokenize(texts[start : start + TEXT_BATCH]).to(device)).float())
+    sims = torch.cat(text_emb) @ videos.T
+    metrics = retrieval_metrics(sims, torch.as_tensor(captions["video_index"].to_numpy(), device=device))
+    metrics["videos_missing"] = float(n_videos - len(np.unique(video_index)))
     model.train(was_training)
     return metrics

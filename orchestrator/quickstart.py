@@ -17,7 +17,7 @@ from model import (
     tokenize,
 )
 from pipelines.sampling import frame_indices
-from pipelines.synthetic import random_specs, render
+from pipelines.synthetic import VideoSpec, random_specs, render
 
 FRAMES_RENDERED, SIZE, T = 24, 64, 6
 
@@ -29,10 +29,26 @@ def _videos(specs) -> torch.Tensor:
 
 
 def run(steps: int = 300, batch: int = 16, seed: int = 24, n_train: int = 112, n_test: int = 32) -> dict:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     specs = random_specs(n_train + n_test, seed)
     train, test = specs[:n_train], specs[n_train:]  # test captions are combinations never seen in training
+    model = train_tiny(train, steps, batch, seed)
+
+    model.eval()
+    eval_idx = frame_indices(FRAMES_RENDERED, T, groups=2)  # two independent groups of T
+    with torch.no_grad():
+        videos = model.encode_video(normalize_frames(_videos(test)[:, eval_idx]))  # once, text-independent
+        texts = model.encode_text(tokenize([s.caption for s in test]))
+    metrics = retrieval_metrics(texts @ videos.T, torch.arange(n_test))
+    print(f"\ntest: {n_test} unseen videos, one caption each (chance R@1 = {100 / n_test:.1f}%)")
+    print(format_metrics_table(metrics))
+    return metrics
+
+
+def train_tiny(train: list[VideoSpec], steps: int, batch: int = 16, seed: int = 24, log=print):
+    """The tiny Prompt Switch CLIP trained from scratch on these synthetic videos, one caption each."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n_train = len(train)
     train_videos, train_tokens = _videos(train), tokenize([s.caption for s in train])
 
     model = create_model("tiny", frames_per_group=T)
@@ -53,14 +69,5 @@ def run(steps: int = 300, batch: int = 16, seed: int = 24, n_train: int = 112, n
         if step % 50 == 0 or step == 1:
             parts = "  ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
             rate = step * batch / (time.perf_counter() - start)
-            print(f"step {step:4d}/{steps}  {parts}  {rate:.0f} videos/s")
-
-    model.eval()
-    eval_idx = frame_indices(FRAMES_RENDERED, T, groups=2)  # two independent groups of T
-    with torch.no_grad():
-        videos = model.encode_video(normalize_frames(_videos(test)[:, eval_idx]))  # once, text-independent
-        texts = model.encode_text(tokenize([s.caption for s in test]))
-    metrics = retrieval_metrics(texts @ videos.T, torch.arange(n_test))
-    print(f"\ntest: {n_test} unseen videos, one caption each (chance R@1 = {100 / n_test:.1f}%)")
-    print(format_metrics_table(metrics))
-    return metrics
+            log(f"step {step:4d}/{steps}  {parts}  {rate:.0f} videos/s")
+    return model.eval()

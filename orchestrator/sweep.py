@@ -28,9 +28,10 @@ from ray import tune
 
 from orchestrator import storage
 from orchestrator.cluster import ClusterShape, check_run, cluster_shape, tracking_host, trial_slots
+from orchestrator.config import SELECTION_METRIC as METRIC
 from orchestrator.config_io import dump_config
 from orchestrator.ray_runtime import quiet_data_progress
-from orchestrator.sweep_config import METRIC, SweepConfig
+from orchestrator.sweep_config import SweepConfig
 from orchestrator.tracking import Tracker, find_run_by_name, new_figure, resolve_tracking_uri
 from orchestrator.tracking_server import tracking_server
 from orchestrator.trainer import log_training_plots, make_trainer, open_tracking_run, total_steps

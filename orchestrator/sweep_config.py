@@ -31,7 +31,6 @@ from orchestrator.config_io import apply_overrides, load_config, read_yaml
 
 ALGORITHMS = ("tpe", "random", "grid")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform")
-METRIC = "val_t2v_recall_at_1"
 # The prompt size sets how many groups make up the sampled frames, which stay as many as in the preset.
 PROMPT_SIZE = "model.frames_per_group"
 _TOP_KEYS = ("name", "base", "base_overrides", "trial_overrides", "search", "early_stopping", "space")

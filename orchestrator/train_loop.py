@@ -8,6 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -17,7 +18,7 @@ from model import build_model
 from orchestrator import checkpoint
 from orchestrator.config import RunConfig
 from orchestrator.config_io import config_from_dict, dump_config
-from orchestrator.evaluation import evaluate
+from orchestrator.evaluation import embed_videos, rank_captions
 from orchestrator.grad_sync import attach as attach_grad_sync
 from orchestrator.step import autocast_for, build_optimisation, forward_losses
 from orchestrator.tracking import Tracker
@@ -54,7 +55,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         else None
     )
 
-    # 2. This worker's shard of the training pairs; validation is read whole by rank 0.
+    # 2. This worker's shard of the training pairs, and its share of the validation videos.
     shard = ray.train.get_dataset_shard("train")
     val = ray.train.get_dataset_shard("val") if "val" in loop_config["eval_splits"] else None
     micro_batch = cfg.batch_size // (cfg.grad_accum * world)
@@ -64,12 +65,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def validate_and_checkpoint() -> None:
         metrics = {"step": state.step, "epoch": state.epoch}
         if val is not None:
-            scores = (
-                evaluate(model, val, loop_config["val_captions"], device, autocast=autocast)
-                if rank == 0
-                else None
-            )
-            scores = _broadcast(scores)
+            scores = validate(model, val, loop_config["val_captions"], device, autocast, rank)
             metrics |= {f"val_{k}": v for k, v in scores.items()}
             state.best_score = max(state.best_score, scores["t2v_recall_at_1"])
             if tracker:
@@ -143,6 +139,26 @@ def set_up_model(run: RunConfig, device: torch.device, total_steps: int, resume_
     opt = build_optimisation(model, run.train, total_steps)
     state = checkpoint.load(resume_from, model, opt) if resume_from else checkpoint.TrainState()
     return model, opt, state
+
+
+def validate(model, share, captions, device, autocast, rank: int) -> dict[str, float]:
+    """Every worker embeds its share of the validation videos; rank 0 gathers them, ranks the captions
+    against all of them, and every worker gets the metrics."""
+    index, emb = embed_videos(model, share, device, autocast=autocast)
+    shares = _gather((index, emb))
+    scores = None
+    if rank == 0:
+        index, emb = (np.concatenate(parts) for parts in zip(*shares, strict=True))
+        scores = rank_captions(model, index, emb, captions, device, autocast=autocast)
+    return _broadcast(scores)
+
+
+def _gather(obj) -> list:
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _broadcast(obj):

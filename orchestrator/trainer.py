@@ -13,15 +13,13 @@ from ray.train.torch import TorchTrainer
 from model import format_metrics_table
 from orchestrator import storage
 from orchestrator.cluster import check_run, cluster_shape, tracking_host
-from orchestrator.config import RunConfig
+from orchestrator.config import SELECTION_METRIC, RunConfig
 from orchestrator.config_io import config_to_dict, dump_config, flatten_config
 from orchestrator.launch import train_loop
 from orchestrator.scoring import score_checkpoint
 from orchestrator.tracking import Tracker, find_run_by_name, log_best_model, resolve_tracking_uri
 from orchestrator.tracking_server import tracking_server
 from pipelines.dataset import PreparedData, eval_dataset, prepare_data, train_dataset
-
-SCORE = "val_t2v_recall_at_1"
 
 
 def fit(run: RunConfig, project_dir: Path | None = None) -> dict[str, float]:
@@ -130,7 +128,7 @@ def make_trainer(run: RunConfig, data: PreparedData, tracker: Tracker, callbacks
             storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=run.train.num_checkpoints,
-                checkpoint_score_attribute=SCORE,
+                checkpoint_score_attribute=SELECTION_METRIC,
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=run.train.max_failures),
@@ -140,8 +138,28 @@ def make_trainer(run: RunConfig, data: PreparedData, tracker: Tracker, callbacks
             "train": train_dataset(data, run.data, run.model.frames_per_group),
             "val": eval_dataset(data, run.data, run.model.frames_per_group, "val"),
         },
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ShareValidation(datasets_to_split=["train"]),
     )
+
+
+class ShareValidation(ray.train.DataConfig):
+    """Training pairs split evenly over the workers, as Ray Train does (every rank's step the same size);
+    the validation videos split unevenly, none dropped, so each worker embeds its share and none is lost.
+
+    Ray Train's own split of a dataset drops rows to make the shares equal: validation would lose videos.
+    """
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        shared = {k: v for k, v in datasets.items() if k != "val"}
+        output = super().configure(shared, world_size, worker_handles, worker_node_ids, **kwargs)
+        if "val" in datasets:
+            val = datasets["val"].copy(datasets["val"])
+            val.set_name("val")
+            val.context.execution_options = self.default_ingest_options()
+            hints = worker_node_ids if self._enable_shard_locality else None
+            for rank, share in enumerate(val.streaming_split(world_size, equal=False, locality_hints=hints)):
+                output[rank]["val"] = share
+        return output
 
 
 def log_training_plots(tracker: Tracker, final_metrics: dict[str, float]) -> None:

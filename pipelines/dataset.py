@@ -129,9 +129,7 @@ def scan_videos(
     found = _blocks(pa.table({"video_path": videos}), config.decode_batch_size)
     rows = (
         ray.data.from_arrow(found)
-        .map_batches(
-            _check_batch, batch_size=config.decode_batch_size, fn_kwargs=options, **DECODE_PLACEMENT
-        )
+        .map_batches(_check_batch, batch_size=config.decode_batch_size, fn_kwargs=options, **DECODE_PLACEMENT)
         .take_all()
     )
     report = BadVideoReport(
@@ -178,7 +176,7 @@ def train_dataset(data: PreparedData, config: DataConfig, frames_per_group: int,
         .map_batches(
             decode_batch,
             batch_size=config.decode_batch_size,
-            fn_kwargs=_decode_options(data, config, frames_per_group, train=True),
+            fn_kwargs=decode_options(config, frames_per_group, _cache_path(data), train=True),
             **DECODE_PLACEMENT,
         )
     )
@@ -192,22 +190,27 @@ def eval_dataset(data: PreparedData, config: DataConfig, frames_per_group: int, 
     return ray.data.from_arrow(_blocks(rows, config.decode_batch_size)).map_batches(
         decode_batch,
         batch_size=config.decode_batch_size,
-        fn_kwargs=_decode_options(data, config, frames_per_group, train=False),
+        fn_kwargs=decode_options(config, frames_per_group, _cache_path(data), train=False),
         **DECODE_PLACEMENT,
     )
 
 
-def _decode_options(data: PreparedData, config: DataConfig, frames_per_group: int, *, train: bool) -> dict:
+def decode_options(config: DataConfig, frames_per_group: int, cache_path: str | None, *, train: bool) -> dict:
+    """`decode_batch`'s options for training or evaluation frames: every path that decodes uses these."""
     return {
         "frames_per_group": frames_per_group,
         "groups": config.train_groups if train else config.eval_groups,
         "size": config.image_size,
         "short_side": config.cache_short_side,
         "train": train,
-        "cache_path": str(data.cache.path) if data.cache else None,
+        "cache_path": cache_path,
         "crop_scale": tuple(config.train_crop_scale),
         "flip_p": config.train_flip_p,
     }
+
+
+def _cache_path(data: PreparedData) -> str | None:
+    return str(data.cache.path) if data.cache else None
 
 
 def _blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:

@@ -17,7 +17,8 @@ from orchestrator.config import RunConfig, TrainConfig
 from orchestrator.config_io import dump_config
 from orchestrator.step import build_optimisation
 from pipelines.config import DataConfig
-from pipelines.synth import random_specs, render, write_video
+from pipelines.synth import render, write_video
+from pipelines.synthetic import VideoSpec
 
 
 def _checkpoint(folder, manifest, seed=3):
@@ -71,20 +72,23 @@ def test_incremental_runs_embed_only_what_is_new_or_changed(ray_local, synth, tm
 
 
 @pytest.mark.slow
-def test_a_long_videos_parts_are_found_in_their_own_time_range(ray_local, synth, tmp_path):
-    _checkpoint(tmp_path / "ckpt", synth)
-    specs = random_specs(3, seed=5)
+def test_a_long_videos_parts_are_found_in_their_own_time_range(ray_local, trained, tmp_path):
+    _, ckpt = trained
+    specs = [VideoSpec("red", "circle", "left", "up"), VideoSpec("blue", "square", "right", "down"),
+             VideoSpec("yellow", "triangle", "down", "left")]  # fmt: skip
     parts = [render(spec, 24, 64) for spec in specs]  # 3 distinct parts of 2 s at 12 fps
     write_video(tmp_path / "long" / "long.mp4", np.concatenate(parts), 12)
     for i, frames in enumerate(parts):
         write_video(tmp_path / "parts" / f"part{i}.mp4", frames, 12)
     config = EmbedConfig(segment_seconds=2.0)
-    manifest = embed_library(resolve(str(tmp_path / "ckpt")), tmp_path / "long", tmp_path / "lib", config)
+    manifest = embed_library(resolve(str(ckpt)), tmp_path / "long", tmp_path / "lib", config)
     assert manifest["counts"]["rows"] == 3
     lib = Library.open(tmp_path / "lib")
-    for i in range(3):
-        best = lib.search_video(tmp_path / "parts" / f"part{i}.mp4", k=3)[0][0]
-        assert (best.start_s, best.end_s) == pytest.approx((2.0 * i, 2.0 * i + 2.0)), i
+    for i, spec in enumerate(specs):
+        by_video = lib.search_video(tmp_path / "parts" / f"part{i}.mp4", k=3)[0][0]
+        for best in (lib.search(spec.caption, k=3)[0][0], by_video):
+            assert best.video_id == "long.mp4"
+            assert (best.start_s, best.end_s) == pytest.approx((2.0 * i, 2.0 * i + 2.0)), (i, spec.caption)
 
 
 def test_windows_cover_a_long_video_and_leave_a_short_one_whole():

@@ -6,13 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 from mlflow import MlflowClient
-from ray.train import Checkpoint
 
 from library.search import Library
-from orchestrator.scoring import score_checkpoint
-from pipelines.dataset import prepare_data
+from pipelines.manifest import read_manifest
 from tests.library.test_embed import _checkpoint
 
 PROMPTSWITCH = [sys.executable, "-m", "orchestrator.cli"]
@@ -36,8 +35,8 @@ def test_a_bad_option_is_refused_before_ray_starts(tmp_path):
 
 
 @pytest.mark.slow
-def test_embed_then_search_from_the_command_line_gives_evaluations_recall(ray_local, synth, tmp_path):
-    run = _checkpoint(tmp_path / "ckpt", synth)
+def test_embed_then_search_from_the_command_line(ray_local, synth, tmp_path):
+    _checkpoint(tmp_path / "ckpt", synth)
     done = _run("embed", "--model", str(tmp_path / "ckpt"), "--manifest", str(synth), "--out",
                 str(tmp_path / "lib"), "--split", "test", "batch_size=4", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -64,17 +63,28 @@ def test_embed_then_search_from_the_command_line_gives_evaluations_recall(ray_lo
     like = _run("search", str(tmp_path / "lib"), "--like", records[0]["video_path"], "--json", cwd=tmp_path)
     assert json.loads(like.stdout.splitlines()[0])["video_path"] == records[0]["video_path"]
 
-    # The library of the test split, searched with every test caption, ranks as `promptswitch eval` does.
-    data = prepare_data(run.data, run.model.frames_per_group)
-    evaluated = score_checkpoint(Checkpoint.from_directory(str(tmp_path / "ckpt")), run, data, "test")
-    captions = data.splits["test"].captions
-    videos = data.splits["test"].videos["video_path"].to_pylist()
-    hits = Library.open(tmp_path / "lib").search(captions["caption"].to_pylist(), k=10)
+
+
+@pytest.mark.slow
+def test_the_library_of_a_split_searched_by_its_captions_gives_evals_recall(ray_local, trained, tmp_path):
+    run, ckpt = trained
+    lib = tmp_path / "lib"
+    done = _run("embed", "--model", str(ckpt), "--manifest", run.data.manifest, "--out", str(lib), "--split",
+                "test", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    scored = _run("eval", "--config", str(ckpt / "config.yaml"), "--checkpoint", str(ckpt), "--split", "test",
+                  cwd=tmp_path)  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    evaluated = json.loads(scored.stdout[scored.stdout.index("{") :])
+    assert evaluated["videos_missing"] == 0
+    assert evaluated["t2v_recall_at_1"] > 100 / 18 and evaluated["t2v_recall_at_5"] < 100  # trained, not done
+
+    captions = read_manifest(run.data.manifest)
+    captions = captions.filter(pc.equal(captions["split"], "test"))
+    hits = Library.open(lib).search(captions["caption"].to_pylist(), k=10)
     ranks = np.array(
-        [
-            next((h.rank for h in per if h.video_path == videos[i]), 11)
-            for per, i in zip(hits, captions["video_index"].to_pylist(), strict=True)
-        ]
-    )
+        [next((h.rank for h in per if h.video_path == path), 11)
+         for per, path in zip(hits, captions["video_path"].to_pylist(), strict=True)]
+    )  # fmt: skip
     for k in (1, 5, 10):
         assert 100 * np.mean(ranks <= k) == pytest.approx(evaluated[f"t2v_recall_at_{k}"], abs=1e-9), k

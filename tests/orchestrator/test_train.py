@@ -8,16 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from pipelines.synth import write_synthetic_dataset
+from orchestrator.config_io import config_from_dict
+from tests.orchestrator.reference import reference_metrics
 
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("synth"), videos=24, seed=11, frames=24, size=64)
+@pytest.fixture
+def manifest(synth):
+    return synth
 
 
 def command(manifest, tmp_path, name, *overrides):
@@ -33,6 +35,7 @@ def command(manifest, tmp_path, name, *overrides):
         "train.batch_size=8",
         "train.cpus_per_worker=0.5",
         "train.log_every_steps=1",
+        "data.decode_batch_size=1",  # validation in several blocks: both workers get a share
         *overrides,
     ]
 
@@ -86,6 +89,23 @@ def test_a_short_training_logs_everything_to_mlflow(manifest, tmp_path):
         Path(client.download_artifacts(run.info.run_id, "final_metrics.json", str(tmp_path))).read_text()
     )
     assert final["test_t2v_recall_at_1"] == run.data.metrics["test_t2v_recall_at_1"]
+
+    # Validation, spread over both workers, and test scoring, on the embedding job, give the metrics of
+    # the plainest one-process evaluation of the same checkpoint.
+    references = {}
+    for folder in (tmp_path / "runs" / "short").glob("checkpoint_*/"):
+        step = json.loads((folder / "state.json").read_text())["step"]
+        config = config_from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+        references[step] = {s: reference_metrics(config, folder, s) for s in ("val", "test")}
+    assert sorted(references) == [2, 4]
+    for step, reference in references.items():
+        for key, value in reference["val"].items():
+            history = client.get_metric_history(run.info.run_id, f"val_{key}")
+            logged = [m.value for m in history if m.step == step]
+            assert logged == [pytest.approx(value, abs=1e-4)], (step, key)
+    test = {k.removeprefix("test_"): v for k, v in final.items() if k.startswith("test_")}
+    assert test.pop("videos_missing") == 0
+    assert any(test == pytest.approx(r["test"], abs=1e-9) for r in references.values())
 
 
 @pytest.mark.slow
