@@ -10,6 +10,8 @@ or changed.
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from library import store
 from library.source import ModelSource
@@ -24,8 +28,9 @@ from model.config import ConfigError, require
 from orchestrator.checkpoint import CONFIG_FILE, MODEL_FILE
 from orchestrator.config import RunConfig
 from pipelines.decode import DECODE_PLACEMENT, INFO_COLUMNS, decode_batch
-from pipelines.manifest import read_manifest
+from pipelines.manifest import check_manifest
 
+LISTING_CHUNK = 10_000  # videos listed, checked against the library and handed to Ray Data at a time
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 FORMAT_VERSION = 1
 
@@ -65,26 +70,45 @@ class EmbedConfig:
         )
 
 
-def list_videos(videos: Path, split: str | None = None) -> pa.Table:
-    """video_id, video_path, size, mtime_ns of a manifest's videos (one row per video) or a folder's."""
-    if videos.is_dir():
-        paths = sorted(p for p in videos.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
-        ids = [str(p.relative_to(videos)) for p in paths]
-    else:
-        table = read_manifest(videos)
-        if split:
-            table = table.filter(pa.compute.equal(table["split"], split))
-        first = dict(zip(table["video_path"].to_pylist(), table["video_id"].to_pylist(), strict=True))
-        paths, ids = [Path(p) for p in first], list(first.values())
-    stats = [p.stat() if p.exists() else None for p in paths]
-    return pa.table(
-        {
-            "video_id": ids,
-            "video_path": [str(p) for p in paths],
-            "size": [s.st_size if s else -1 for s in stats],
-            "mtime_ns": [s.st_mtime_ns if s else -1 for s in stats],
-        }
-    )
+def iter_videos(videos: Path, split: str | None = None, chunk_rows: int = LISTING_CHUNK):
+    """Tables of at most `chunk_rows` videos (video_id, video_path, size, mtime_ns) of a manifest (one row
+    per video, in its first caption's order) or a folder (walked in name order), read as they are listed."""
+    pairs = _walk(videos, videos) if videos.is_dir() else _manifest_videos(videos, split)
+    while chunk := list(itertools.islice(pairs, chunk_rows)):
+        stats = [p.stat() if p.exists() else None for _, p in chunk]
+        yield pa.table(
+            {
+                "video_id": [video_id for video_id, _ in chunk],
+                "video_path": [str(p) for _, p in chunk],
+                "size": pa.array([s.st_size if s else -1 for s in stats], pa.int64()),
+                "mtime_ns": pa.array([s.st_mtime_ns if s else -1 for s in stats], pa.int64()),
+            }
+        )
+
+
+def _walk(folder: Path, root: Path):
+    """(id, path) of every video under `folder`, the id its path below `root`."""
+    with os.scandir(folder) as found:
+        entries = sorted(found, key=lambda e: e.name)
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir():
+            yield from _walk(path, root)
+        elif entry.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+            yield str(path.relative_to(root)), path
+
+
+def _manifest_videos(manifest: Path, split: str | None):
+    """(id, path) of a manifest's videos, read a row group at a time. Only a hash of each path seen is
+    kept, to list a video with several captions once."""
+    check_manifest(manifest)
+    seen: set[int] = set()
+    columns = ["video_id", "video_path", "split"]
+    for batch in pq.ParquetFile(manifest).iter_batches(columns=columns):
+        for video_id, path, part in zip(*(batch[c].to_pylist() for c in columns), strict=True):
+            if (split is None or part == split) and hash(path) not in seen:
+                seen.add(hash(path))
+                yield video_id, Path(path)
 
 
 def embed_library(
@@ -104,39 +128,40 @@ def embed_library(
     manifest = _manifest(model, settings, existing)
     store.write_manifest(out, manifest)  # first, so that a killed job's library names its model
 
-    listed = list_videos(videos, config.split)
-    known = store.known_videos(out)
-    keys = zip(*(listed[c].to_pylist() for c in store.IDENTITY), strict=True)
-    pending = [i for i, key in enumerate(keys) if key not in known]
-    todo = listed.take(pa.array(pending, pa.int64()))
-    todo = todo.append_column("video_index", pa.array(range(len(pending)), pa.int64()))
-    print(f"{len(listed)} videos, {len(listed) - len(pending)} already in {out}, {len(pending)} to embed")
-    started, embedded, rows_written, bad = time.perf_counter(), 0, 0, []
-    if len(todo):
+    # The listing goes to the object store a chunk at a time, less what the library already holds: the
+    # driver keeps one key per library row and a hash per listed path, never the listing or any frames.
+    known = store.identity_keys(out)
+    listed, pending, todo = 0, 0, []
+    for chunk in iter_videos(videos, config.split):
+        listed += len(chunk)
+        new = chunk.filter(pc.invert(pc.is_in(store.identity_key(chunk), value_set=known)))
+        if len(new):
+            index = pa.array(range(pending, pending + len(new)), pa.int64())
+            todo.append(ray.put(new.append_column("video_index", index)))
+            pending += len(new)
+    print(f"{listed} videos, {listed - pending} already in {out}, {pending} to embed")
+    started, embedded, rows_written, bad, model_seconds = time.perf_counter(), 0, 0, [], 0.0
+    actors = pool_size(config)
+    if pending:
         writer = _ShardWriter(out, store.schema(model.run.model.embed_dim, config.dtype), config.shard_rows)
-        dataset = embedding_dataset(
-            todo, model.run, model.weights, config, cache_path=_cache(todo, model, config)
-        )
+        cache = _cache(todo, model, config)
+        dataset = embedding_dataset(todo, model.run, model.weights, config, cache_path=cache)
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            model_seconds += pc.sum(batch["model_seconds"]).as_py()
             for video in writer.add(batch):
                 embedded += 1
                 if video["error"]:
                     bad.append({"video": video["video_path"], "error": video["error"]})
         rows_written = writer.close()
     elapsed = time.perf_counter() - started
-    rows = store.read_rows(out, ["video_path", "error"])
-    errors = rows["error"].to_pylist() if rows.num_rows else []
-    manifest["counts"] = {
-        "videos": len(set(rows["video_path"].to_pylist())) if rows.num_rows else 0,
-        "rows": sum(1 for e in errors if not e),
-        "bad_videos": len({p for p, e in zip(rows["video_path"].to_pylist(), errors, strict=True) if e}),
-        "embedded_now": embedded,
-        "rows_now": rows_written,
-    }
+    manifest["counts"] = store.counts(out) | {"embedded_now": embedded, "rows_now": rows_written}
     manifest["index"] = _build_index(out, config, manifest["settings"]["dimension"])
     manifest["last_job"] = {
         "videos_per_second": embedded / elapsed if elapsed > 0 and embedded else 0.0,
         "seconds": elapsed,
+        "actors": actors,
+        # What share of the actors' time went to the model (the rest: start-up and waiting for frames).
+        "model_busy_fraction": model_seconds / (elapsed * actors) if elapsed > 0 and pending else 0.0,
         "bad": bad,
         "ray": ray.__version__,
     }
@@ -144,14 +169,18 @@ def embed_library(
     return manifest
 
 
-def _cache(todo: pa.Table, model: ModelSource, config: EmbedConfig) -> str | None:
-    """The preprocessing cache of these videos in `cache_dir` (built, or found built), if one is asked for."""
+def _cache(todo: list, model: ModelSource, config: EmbedConfig) -> str | None:
+    """The preprocessing cache of these videos in `cache_dir` (built, or found built), if one is asked for.
+    A cache is named by the whole list of its videos, so here the driver does hold every path."""
+    import ray
+
     from pipelines.cache import build_cache
 
     if not config.cache_dir:
         return None
+    paths = [p for ref in todo for p in ray.get(ref)["video_path"].to_pylist()]
     return str(
-        build_cache(todo["video_path"].to_pylist(), replace(model.run.data, cache_dir=config.cache_dir)).path
+        build_cache(paths, replace(model.run.data, cache_dir=config.cache_dir)).path
     )
 
 
@@ -188,7 +217,7 @@ class _ShardWriter:
 
 
 def embedding_dataset(
-    rows: pa.Table,
+    rows: pa.Table | list,
     run: RunConfig,
     weights,
     config: EmbedConfig,
@@ -197,7 +226,8 @@ def embedding_dataset(
     precision: str = "bf16",
     use_gpu: bool | None = None,
 ):
-    """A Ray Data dataset of `rows` (video_path and whatever else rides along) embedded by `run`'s model.
+    """A Ray Data dataset of `rows` (a table, or object refs of tables: video_path, video_index and whatever
+    else rides along) embedded by `run`'s model.
 
     `weights` is the weights file or a Ray Train checkpoint (which each actor reads). Without
     `segment_seconds` a row is one whole video, probed first unless the rows carry the scan's
@@ -210,17 +240,17 @@ def embedding_dataset(
     from orchestrator.config_io import config_to_dict
     from pipelines.dataset import decode_options
 
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0)) if use_gpu is not False else 0
-    actors = config.actors or (gpus or max(1, int(resources.get("CPU", 2)) // 2))
+    gpus = _gpus(use_gpu)
+    actors = pool_size(config, use_gpu)
     run = replace(run, model=replace(run.model, pretrained=None))  # the checkpoint's weights replace CLIP's
     decode = decode_options(run.data, run.model.frames_per_group, cache_path, train=False) | {
         "keep_failed": True
     }
     step = config.batch_size
-    blocks = [rows.slice(i, step) for i in range(0, len(rows), step)]
+    listing = ray.data.from_arrow_refs(rows) if isinstance(rows, list) else ray.data.from_arrow(rows)
     return (
-        ray.data.from_arrow(blocks)
+        # Blocks of a model batch: the decoding tasks fan out over the cluster's CPUs.
+        listing.repartition(target_num_rows_per_block=step)
         .map_batches(
             _windows,
             batch_size=step,
@@ -246,6 +276,19 @@ def embedding_dataset(
             num_gpus=1 if gpus else 0,
         )
     )
+
+
+def _gpus(use_gpu: bool | None) -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0)) if use_gpu is not False else 0
+
+
+def pool_size(config: EmbedConfig, use_gpu: bool | None = None) -> int:
+    """Actors in the pool: as configured, else one per GPU, else one per two CPUs (the rest decode)."""
+    import ray
+
+    return config.actors or _gpus(use_gpu) or max(1, int(ray.cluster_resources().get("CPU", 2)) // 2)
 
 
 def _windows(
@@ -330,6 +373,7 @@ class _Embedder:
 
         from model import normalize_frames
 
+        started = time.perf_counter()
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         dim = self.model.config.embed_dim
         emb = np.zeros((len(ok), dim), np.float32)
@@ -338,6 +382,8 @@ class _Embedder:
             with torch.no_grad(), self.autocast():
                 emb[ok] = self.model.encode_video(normalize_frames(frames)).float().cpu().numpy()
         columns = {k: batch[k] for k in batch if k not in ("frames", *INFO_COLUMNS)}
+        # The actor's time in the model, spread over its rows: the rest of the job's time it waited for data.
+        columns["model_seconds"] = np.full(len(ok), (time.perf_counter() - started) / max(len(ok), 1))
         values = pa.array(emb.astype(self.dtype).ravel())
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(values, dim)
         columns["error"] = pa.array([str(e) for e in batch["error"]], pa.string())

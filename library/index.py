@@ -28,6 +28,9 @@ SEARCH_PARAMS = ("nprobe", "efSearch", "quantizer_efSearch", "k_factor_rf")
 # inverted file over 8-bit scalar-quantised vectors (see default_factory for why).
 HNSW_MAX_VECTORS = 200_000
 DEFAULT_NPROBE = 32
+# Training vectors per inverted list: FAISS warns below 39 and samples itself down above 256.
+TRAIN_PER_LIST = 64
+TRAIN_SAMPLE_OTHER = 100_000  # an index that trains without lists (a plain PQ)
 DEFAULT_EF_SEARCH = 128
 
 # Recall@10 against exact search that an approximate index must reach on the generated clustered vectors
@@ -45,13 +48,14 @@ class IndexSpec:
     """What index to build. kind "exact" is IndexFlatIP; "approximate" is `factory` (None: default_factory).
 
     search_params override the defaults (nprobe 32 for IVF, efSearch 128 for HNSW); train_sample is how many
-    vectors, drawn with the build seed, train the IVF centroids and quantiser codebooks.
+    vectors, drawn with the build seed, train the IVF centroids and quantiser codebooks (None:
+    `TRAIN_PER_LIST` per inverted list, so that the sample grows with nlist).
     """
 
     kind: str = "exact"
     factory: str | None = None
     search_params: dict = field(default_factory=dict)
-    train_sample: int = 100_000
+    train_sample: int | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -75,8 +79,8 @@ class IndexSpec:
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
                 raise ValueError(f"index.search_params.{name} must be a number >= 1, got {value!r}")
         sample = self.train_sample
-        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
-            raise ValueError(f"index.train_sample must be a positive integer, got {self.train_sample!r}")
+        if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
+            raise ValueError(f"index.train_sample must be a positive integer or None, got {sample!r}")
 
 
 def default_factory(n: int, d: int) -> str:
@@ -108,6 +112,14 @@ def default_search_params(index: faiss.Index) -> dict:
     if isinstance(index, faiss.IndexHNSW):
         params["efSearch"] = DEFAULT_EF_SEARCH
     return params
+
+
+def training_sample(index: faiss.Index, n: int, asked: int | None) -> int:
+    """How many of n vectors train `index`: as asked, else `TRAIN_PER_LIST` per inverted list."""
+    if asked is None:
+        ivf = faiss.try_extract_index_ivf(index)
+        asked = TRAIN_PER_LIST * ivf.nlist if ivf is not None else TRAIN_SAMPLE_OTHER
+    return min(n, asked)
 
 
 def set_threads(threads: int | None) -> None:
@@ -156,7 +168,8 @@ def build_index(
         raise ValueError(f"index.factory {factory!r} does not build for D={d}: {_faiss_error(e)}") from None
     if not index.is_trained:
         # A seeded sample, sorted so the copy reads the matrix front to back.
-        rows = np.sort(np.random.default_rng(seed).choice(n, min(n, spec.train_sample), replace=False))
+        sample = training_sample(index, n, spec.train_sample)
+        rows = np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
         try:
             index.train(vectors[rows])
         except RuntimeError as e:

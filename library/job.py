@@ -54,7 +54,7 @@ def run_embed(args) -> int:
         raise
     counts, job = manifest["counts"], manifest["last_job"]
     tracker.log_metrics(
-        {f"{k}": v for k, v in counts.items()} | {"videos_per_second": job["videos_per_second"]}, step=0
+        counts | {k: job[k] for k in ("videos_per_second", "model_busy_fraction", "seconds")}, step=0
     )
     tracker.log_dict_artifact(job["bad"], "bad_videos.json")
     tracker.log_dict_artifact(manifest, "library_manifest.json")

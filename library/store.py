@@ -69,16 +69,16 @@ def read_rows(library: Path, columns: list[str] | None = None) -> pa.Table:
     """Every current row, in shard order: rows of a video that a later shard holds again are dropped."""
     wanted = None if columns is None else sorted({*columns, "video_path"})
     tables = [pq.read_table(path, columns=wanted) for path in shard_paths(library)]
-    latest = {}
-    for number, table in enumerate(tables):
-        latest.update(dict.fromkeys(table["video_path"].to_pylist(), number))
-    current = [
-        t.filter(pa.array([latest[p] == number for p in t["video_path"].to_pylist()], pa.bool_()))
-        for number, t in enumerate(tables)
-    ]
-    if not current:
+    if not tables:
         return pa.table({c: pa.array([], pa.string()) for c in (columns or ["video_path"])})
-    rows = pa.concat_tables(current)
+    shard = pa.chunked_array([pa.array(np.full(len(t), n, np.int32)) for n, t in enumerate(tables)])
+    rows = pa.concat_tables(tables)
+    # In Arrow, not Python objects: a library of millions of rows is read in its columns' memory alone.
+    latest = pa.table({"video_path": rows["video_path"], "shard": shard}).group_by("video_path").aggregate(
+        [("shard", "max")]
+    )
+    newest = pc.take(latest["shard_max"], pc.index_in(rows["video_path"], value_set=latest["video_path"]))
+    rows = rows.filter(pc.equal(shard, newest))
     return rows.select(columns) if columns else rows
 
 
@@ -102,10 +102,30 @@ def fingerprint(library: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def known_videos(library: Path) -> set[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of every video the library holds, embedded or reported bad."""
+def identity_key(rows: pa.Table) -> pa.Array:
+    """One string per row that names its video file's `IDENTITY`."""
+    parts = [rows["video_path"], *(pc.cast(rows[c], pa.string()) for c in IDENTITY[1:])]
+    key = pc.binary_join_element_wise(*parts, "\0")
+    return key.combine_chunks() if isinstance(key, pa.ChunkedArray) else key
+
+
+def identity_keys(library: Path) -> pa.Array:
+    """`identity_key` of every video the library holds, embedded or reported bad."""
     rows = read_rows(library, list(IDENTITY))
-    return set(zip(*(rows[c].to_pylist() for c in IDENTITY), strict=True)) if rows.num_rows else set()
+    return identity_key(rows) if rows.num_rows else pa.array([], pa.string())
+
+
+def counts(library: Path) -> dict[str, int]:
+    """Videos, searchable rows and bad videos of the library as it stands."""
+    rows = read_rows(library, ["video_path", "error"])
+    if not rows.num_rows:
+        return {"videos": 0, "rows": 0, "bad_videos": 0}
+    ok = pc.equal(rows["error"], "")
+    return {
+        "videos": pc.count_distinct(rows["video_path"]).as_py(),
+        "rows": pc.sum(ok).as_py() or 0,
+        "bad_videos": pc.count_distinct(rows["video_path"].filter(pc.invert(ok))).as_py(),
+    }
 
 
 def read_manifest(library: Path) -> dict | None:

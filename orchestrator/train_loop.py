@@ -90,34 +90,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
             pin_memory=device.type == "cuda",
             dtypes={"frames": torch.uint8, "tokens": torch.long, "video_index": torch.long},
         )
-        micro, waited, sums = 0, 0.0, {}
-        tick = time.perf_counter()
-        for batch in batches:
-            waited += time.perf_counter() - tick
-            micro += 1
-            sync = micro % cfg.grad_accum == 0
-            with contextlib.nullcontext() if sync or world == 1 else ddp.no_sync():
-                losses = forward_losses(ddp, batch, device, autocast)
-                opt.backward(losses["loss"] / cfg.grad_accum)
-            for k, v in losses.items():  # kept on the device: read only on logging steps
-                sums[k] = sums.get(k, 0.0) + v.detach() / cfg.grad_accum
-            if not sync:
-                tick = time.perf_counter()
-                continue
-            opt.step(model, cfg.grad_clip)
+        waited = 0.0  # the data-wait fraction covers the whole logging window
+        for sums, step_waited in optimiser_steps(batches, ddp, model, opt, cfg, device, autocast, world):
             state.step += 1
+            waited += step_waited
             if tracker and state.step % cfg.log_every_steps == 0:
                 step_metrics = progress.step_metrics(state, sums, waited, opt.optimizer, model, grad_sync)
                 tracker.log_metrics(step_metrics, state.step)
                 progress.show_step(state, step_metrics)
-                waited = 0.0  # the data-wait fraction covers the whole logging window
-            sums = {}
+                waited = 0.0
             if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
                 validate_and_checkpoint()
                 last_eval = state.step
             if state.step >= total_steps:
                 break
-            tick = time.perf_counter()
         state.epoch += 1
         if not cfg.eval_every_steps:
             validate_and_checkpoint()
@@ -126,6 +112,34 @@ def train_loop_per_worker(loop_config: dict) -> None:
         validate_and_checkpoint()  # the final state is always in a checkpoint
     if tracker:
         tracker.log_metrics({"best_val_t2v_recall_at_1": state.best_score}, state.step)
+
+
+def optimiser_steps(batches, ddp, model, opt, cfg, device, autocast, world: int):
+    """The optimiser steps of one epoch: each takes `cfg.grad_accum` micro-batches, and yields the step's
+    loss sums (on the device) and the seconds it waited for data.
+
+    Micro-batches left at the end, too few for a step, are dropped with their gradients, as a short last
+    batch is dropped: carried over, they would join the next epoch's first step and make it bigger than
+    the others.
+    """
+    micro, waited, sums = 0, 0.0, {}
+    tick = time.perf_counter()
+    for batch in batches:
+        waited += time.perf_counter() - tick
+        micro += 1
+        sync = micro % cfg.grad_accum == 0
+        with contextlib.nullcontext() if sync or world == 1 else ddp.no_sync():
+            losses = forward_losses(ddp, batch, device, autocast)
+            opt.backward(losses["loss"] / cfg.grad_accum)
+        for k, v in losses.items():  # kept on the device: read only on logging steps
+            sums[k] = sums.get(k, 0.0) + v.detach() / cfg.grad_accum
+        if sync:
+            opt.step(model, cfg.grad_clip)
+            yield sums, waited
+            waited, sums = 0.0, {}
+        tick = time.perf_counter()
+    if micro % cfg.grad_accum:
+        opt.optimizer.zero_grad(set_to_none=True)
 
 
 def set_up_model(run: RunConfig, device: torch.device, total_steps: int, resume_from: Path | None):

@@ -32,13 +32,17 @@ def write_manifest(table: pa.Table, path: str | Path) -> None:
 
 def read_manifest(path: str | Path) -> pa.Table:
     """A manifest written by `write_manifest` (e.g. by `promptswitch data prepare`)."""
+    check_manifest(path)
+    return pq.read_table(path).select(SCHEMA.names).cast(SCHEMA)
+
+
+def check_manifest(path: str | Path) -> None:
+    """That `path` is a manifest (from its schema alone: a reader may then stream it)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"manifest {str(path)!r} does not exist; make one with `promptswitch data prepare`"
         )
-    table = pq.read_table(path)
-    missing = [name for name in SCHEMA.names if name not in table.column_names]
+    missing = [name for name in SCHEMA.names if name not in pq.read_schema(path).names]
     if missing:
         raise ValueError(f"{str(path)!r} is not a promptswitch manifest: columns {missing} are missing")
-    return table.select(SCHEMA.names).cast(SCHEMA)

@@ -4,11 +4,12 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 from library import store
-from library.embed import EmbedConfig, LibraryMismatch, _spans, embed_library
+from library.embed import EmbedConfig, LibraryMismatch, _spans, embed_library, iter_videos
 from library.search import Library
 from library.source import resolve
 from model import ModelConfig, build_model
@@ -91,6 +92,20 @@ def test_a_long_videos_parts_are_found_in_their_own_time_range(ray_local, traine
             assert (best.start_s, best.end_s) == pytest.approx((2.0 * i, 2.0 * i + 2.0)), (i, spec.caption)
 
 
+def test_a_listing_streams_in_chunks_with_each_video_once(synth, tmp_path):
+    chunks = list(iter_videos(synth, "test", chunk_rows=4))
+    assert [len(c) for c in chunks] == [4, 2]  # 6 test videos, each with two captions in the manifest
+    listed = pa.concat_tables(chunks)
+    assert listed["video_path"].to_pylist() == sorted(set(listed["video_path"].to_pylist()))
+    assert all(size > 0 for size in listed["size"].to_pylist())
+    nested = tmp_path / "videos" / "b"
+    nested.mkdir(parents=True)
+    for name in ("b/2.mp4", "a.MP4", "b/1.webm", "notes.txt"):
+        (tmp_path / "videos" / name).write_bytes(b"x")
+    folder = pa.concat_tables(iter_videos(tmp_path / "videos", chunk_rows=2))
+    assert folder["video_id"].to_pylist() == ["a.MP4", "b/1.webm", "b/2.mp4"]
+
+
 def test_windows_cover_a_long_video_and_leave_a_short_one_whole():
     assert _spans(5.0, None, None) == [(0.0, 5.0)]
     assert _spans(1.5, 2.0, None) == [(0.0, 1.5)]
@@ -110,8 +125,6 @@ def test_shards_written_later_supersede_earlier_rows(tmp_path):
     schema = store.schema(2, "float32")
     row = {"video_id": "a", "video_path": "/v/a.mp4", "size": 1, "mtime_ns": 1, "start_s": 0.0, "end_s": 1.0,
            "embedding": [1.0, 0.0], "error": ""}  # fmt: skip
-    import pyarrow as pa
-
     store.write_shard(
         tmp_path, pa.Table.from_pylist([row, row | {"video_id": "b", "video_path": "/v/b.mp4"}], schema)
     )
@@ -121,7 +134,8 @@ def test_shards_written_later_supersede_earlier_rows(tmp_path):
     rows = store.read_rows(tmp_path)
     assert rows["video_path"].to_pylist() == ["/v/b.mp4", "/v/a.mp4"]
     assert rows["mtime_ns"].to_pylist() == [1, 2]
-    assert store.known_videos(tmp_path) == {("/v/b.mp4", 1, 1), ("/v/a.mp4", 1, 2)}
+    assert store.identity_keys(tmp_path).to_pylist() == ["/v/b.mp4\x001\x001", "/v/a.mp4\x001\x002"]
+    assert store.counts(tmp_path) == {"videos": 2, "rows": 2, "bad_videos": 0}
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from library.index import (
     HNSW_RECALL_TARGET,
     IVF_PQ_RECALL_TARGET,
     IVF_SQ8_RECALL_TARGET,
+    TRAIN_PER_LIST,
     IndexSpec,
     build_index,
     clustered_vectors,
@@ -18,6 +19,7 @@ from library.index import (
     recall_at_k,
     save_index,
     search,
+    training_sample,
 )
 
 
@@ -80,6 +82,17 @@ def test_default_factory_by_library_size():
     assert default_factory(199_999, 512) == "HNSW32,Flat"
     assert default_factory(100_000_0, 512) == "IVF4096,SQ8"  # 4 * sqrt(1M) = 4000 -> 2^12
     assert default_factory(300_000, 128) == "IVF2048,SQ8"
+
+
+def test_the_training_sample_grows_with_the_inverted_lists():
+    d = 32
+    for nlist in (64, 4096):
+        ivf = faiss.index_factory(d, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
+        assert training_sample(ivf, 10**6, None) == TRAIN_PER_LIST * nlist >= 39 * nlist  # no FAISS warning
+        assert training_sample(ivf, 1000, None) == 1000
+        assert training_sample(ivf, 10**6, 5000) == 5000
+    flat = faiss.index_factory(d, "PQ8np", faiss.METRIC_INNER_PRODUCT)
+    assert training_sample(flat, 10**6, None) == 100_000
 
 
 def test_default_approximate_spec_sets_nprobe():

@@ -2,14 +2,17 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow.compute as pc
 import pytest
 from mlflow import MlflowClient
 
+from library import store
 from library.search import Library
 from pipelines.manifest import read_manifest
 from tests.library.test_embed import _checkpoint
@@ -88,3 +91,31 @@ def test_the_library_of_a_split_searched_by_its_captions_gives_evals_recall(ray_
     )  # fmt: skip
     for k in (1, 5, 10):
         assert 100 * np.mean(ranks <= k) == pytest.approx(evaluated[f"t2v_recall_at_{k}"], abs=1e-9), k
+
+
+@pytest.mark.slow
+def test_a_killed_job_resumes_without_redoing_its_finished_shards(ray_local, synth, tmp_path):
+    _checkpoint(tmp_path / "ckpt", synth)
+    lib = tmp_path / "lib"
+    address = ray_local.get_runtime_context().gcs_address  # the job joins this cluster, which outlives it
+    args = ["embed", "--model", str(tmp_path / "ckpt"), "--manifest", str(synth), "--out", str(lib),
+            "--address", address, "batch_size=1", "shard_rows=1"]  # fmt: skip
+    job = subprocess.Popen(
+        [*PROMPTSWITCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 300
+    while not store.shard_paths(lib) and time.time() < deadline:
+        assert job.poll() is None, job.stdout.read().decode()[-3000:]
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    finished = {p: p.stat().st_mtime_ns for p in store.shard_paths(lib)}
+    assert 1 <= len(finished) < 24
+
+    again = _run(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    manifest = store.read_manifest(lib)
+    assert manifest["counts"]["videos"] == 24 and manifest["counts"]["rows"] == 24
+    assert manifest["counts"]["embedded_now"] == 24 - len(finished)
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in finished.items())  # never rewritten
+    assert len(store.read_rows(lib)) == 24  # no video twice

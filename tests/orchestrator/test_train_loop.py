@@ -1,5 +1,7 @@
 """The worker's set-up: a resumed model, its optimiser state and the model on one device."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from model import ModelConfig
 from orchestrator import checkpoint
 from orchestrator.config import RunConfig, TrainConfig
 from orchestrator.step import autocast_for, forward_losses
-from orchestrator.train_loop import set_up_model
+from orchestrator.train_loop import optimiser_steps, set_up_model
 from pipelines.config import DataConfig
 
 RUN = RunConfig(
@@ -79,3 +81,38 @@ def test_resume_on_a_gpu_steps(tmp_path):
     opt.step(model, 1.0)
     assert torch.isfinite(losses["loss"])
 
+
+
+def _micro_batches(n: int, size: int = 2) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        {
+            "frames": torch.randint(0, 256, (size, 2, 3, 64, 64), dtype=torch.uint8, generator=g),
+            "tokens": torch.randint(1, 400, (size, 77), generator=g),
+            "video_index": torch.arange(i * size, (i + 1) * size),
+        }
+        for i in range(n)
+    ]
+
+
+def test_accumulated_steps_equal_one_step_per_global_batch_and_drop_the_epochs_leftovers():
+    cpu, fp32 = torch.device("cpu"), autocast_for("fp32", torch.device("cpu"))
+    epoch = _micro_batches(5)  # two global batches of 2 micro-batches, and one micro-batch left over
+    cfg = replace(RUN.train, grad_accum=2)
+
+    torch.manual_seed(0)
+    model, opt, _ = set_up_model(replace(RUN, train=cfg), cpu, 10, None)
+    steps = [list(optimiser_steps(epoch, model, model, opt, cfg, cpu, fp32, world=1)) for _ in range(2)]
+    assert [len(s) for s in steps] == [2, 2]
+
+    # The same global batches without accumulation: each step's micro-batch losses in one backward pass.
+    torch.manual_seed(0)
+    reference, ref_opt, _ = set_up_model(replace(RUN, train=cfg), cpu, 10, None)
+    for _ in range(2):
+        for first in (0, 2):
+            losses = [forward_losses(reference, b, cpu, fp32)["loss"] for b in epoch[first : first + 2]]
+            ref_opt.backward(sum(losses) / 2)
+            ref_opt.step(reference, cfg.grad_clip)
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    assert all(p.grad is None for p in model.parameters())  # nothing carried out of the epoch
