@@ -55,7 +55,6 @@ from orchestrator.step import autocast_for, build_optimisation, forward_losses  
 DEMO = ROOT / "configs" / "demo.yaml"
 GPU_OVERRIDES = [  # ViT-B/32 at 224 px, bf16, one GPU
     "model.name=ViT-B-32",
-    "data.image_size=224",
     "data.cache_short_side=224",
     "train.precision=bf16",
     "train.use_gpu=true",

@@ -178,9 +178,11 @@ def _train(args) -> int:
     run = _load_run(args)
     if args.print_config:
         return 0
+    from orchestrator.preflight import check_before_ray
     from orchestrator.ray_runtime import connect
     from orchestrator.trainer import fit
 
+    check_before_ray(run, args.address)
     print(f"Ray: {connect(args.address)}", flush=True)
     fit(run)
     return 0
@@ -190,9 +192,12 @@ def _tune(args) -> int:
     from orchestrator.sweep_config import load_sweep
 
     sweep = load_sweep(args.config, name=args.name, num_samples=args.samples)  # checked before Ray starts
+    from orchestrator.config_io import apply_overrides
+    from orchestrator.preflight import check_before_ray
     from orchestrator.ray_runtime import connect
     from orchestrator.sweep import SweepInterrupted, run_sweep
 
+    check_before_ray(apply_overrides(sweep.preset, sweep.base_overrides), args.address)
     print(f"Ray: {connect(args.address)}", flush=True)
     try:
         outcomes = run_sweep(sweep)
@@ -217,6 +222,9 @@ def _eval(args) -> int:
 
     if not (args.checkpoint / "model.safetensors").is_file():
         raise FileNotFoundError(f"{args.checkpoint} is not a promptswitch checkpoint (no model.safetensors)")
+    from orchestrator.preflight import check_before_ray
+
+    check_before_ray(run, args.address, splits=(args.split,))
     connect(args.address)
     # Scoring runs in a task on any node: there, the checkpoint folder must be the same as here.
     uri = resolve_tracking_uri(run.tracking.tracking_uri, Path.cwd())

@@ -110,6 +110,14 @@ def check_run(
     The manifest is read by the driver alone; the videos it names, the weights, the cache and the
     checkpoints (and `also_read`, say a checkpoint to score) by workers anywhere.
     """
+    gpus = shape.ceiling.get("GPU", 0)
+    if run.train.use_gpu and gpus < run.train.num_workers:
+        raise ClusterError(
+            f"train.use_gpu=true asks for {run.train.num_workers} GPU worker(s); this cluster has "
+            f"{gpus:g} GPU(s)"
+            + (" even at its largest" if shape.can_grow else "")
+            + ": set train.use_gpu=false, fewer train.num_workers, or add GPU nodes"
+        )
     if not shape.multi_node:
         return
     problems = [p for p in (tracking_problem(tracking_uri),) if p]

@@ -6,7 +6,7 @@ pipelines take exactly what the user wrote; loading and overrides live in `orche
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from model.config import ModelConfig, require
 from orchestrator.grad_sync import COMPRESSIONS
@@ -53,6 +53,7 @@ class TrainConfig:
         )
         require(self.batch_size >= 2, "train.batch_size", self.batch_size, "an integer >= 2 (contrastive)")
         require(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, "an integer >= 1")
+        require(self.num_workers >= 1, "train.num_workers", self.num_workers, "an integer >= 1")
         require(
             self.batch_size % (self.grad_accum * self.num_workers) == 0,
             "train.batch_size",
@@ -70,7 +71,6 @@ class TrainConfig:
             self.precision,
             "fp32 when train.use_gpu is false (mixed precision is for GPUs)",
         )
-        require(self.num_workers >= 1, "train.num_workers", self.num_workers, "an integer >= 1")
         require(self.cpus_per_worker > 0, "train.cpus_per_worker", self.cpus_per_worker, "a number > 0")
         require(
             self.eval_every_steps is None or self.eval_every_steps >= 1,
@@ -89,6 +89,10 @@ class TrainConfig:
         require(self.log_every_steps >= 1, "train.log_every_steps", self.log_every_steps, "an integer >= 1")
 
 
+# Where MLflow can keep runs: a folder (no scheme, or file:), a database, or a tracking server.
+TRACKING_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     """MLflow. With no URI here or in $MLFLOW_TRACKING_URI, a sqlite store in the project folder."""
@@ -97,6 +101,17 @@ class TrackingConfig:
     experiment: str = "promptswitch"
     register_as: str | None = None  # registered model name for the best model; None: do not register
     alias: str = "best"  # alias given to the registered version
+
+    def __post_init__(self) -> None:
+        uri = self.tracking_uri
+        scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if uri and "://" in uri else ""
+        require(
+            scheme in TRACKING_SCHEMES,
+            "tracking.tracking_uri",
+            uri,
+            "a folder, file:, sqlite:, postgresql:, mysql:, mssql:, http(s): or databricks URI",
+        )
+        require(bool(self.experiment), "tracking.experiment", self.experiment, "a non-empty name")
 
 
 @dataclass(frozen=True)
@@ -111,3 +126,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
         require(bool(self.data.manifest), "data.manifest", self.data.manifest, "the path of a manifest")
+        # The crop fed to the model is the model's input size: derived, and refused where it is set otherwise.
+        size = self.model.image_size
+        require(
+            self.data.image_size in (None, size),
+            "data.image_size",
+            self.data.image_size,
+            f"{size}, model {self.model.name}'s input size (or leave it out: it follows from the model)",
+        )
+        object.__setattr__(self, "data", replace(self.data, image_size=size))

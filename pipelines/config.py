@@ -12,7 +12,7 @@ CACHE_FORMATS = ("jpeg", "raw")
 @dataclass(frozen=True)
 class DataConfig:
     manifest: str = ""  # Parquet manifest from `promptswitch data prepare` or `data synth`
-    image_size: int = 224  # crop fed to the model
+    image_size: int | None = None  # crop fed to the model: its input size, which RunConfig fills in
     train_groups: int = 1  # groups of frames_per_group frames per training sample (SPEC: one)
     eval_groups: int = 2  # evaluation: two independent groups spanning the video
     train_crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop's area range (SPEC 4.2)
@@ -25,7 +25,8 @@ class DataConfig:
     cache_format: str = "jpeg"
 
     def __post_init__(self) -> None:
-        require(self.image_size >= 16, "data.image_size", self.image_size, "an integer >= 16")
+        size = self.image_size
+        require(size is None or size >= 16, "data.image_size", size, "an integer >= 16, or null")
         require(self.train_groups >= 1, "data.train_groups", self.train_groups, "an integer >= 1")
         require(self.eval_groups >= 1, "data.eval_groups", self.eval_groups, "an integer >= 1")
         low, high = self.train_crop_scale
@@ -42,10 +43,10 @@ class DataConfig:
         )
         require(self.cache_fps > 0, "data.cache_fps", self.cache_fps, "a number > 0")
         require(
-            self.cache_short_side >= self.image_size,
+            self.cache_short_side >= (size or 16),
             "data.cache_short_side",
             self.cache_short_side,
-            f"an integer >= data.image_size ({self.image_size})",
+            f"an integer >= the model's input size ({size})" if size else "an integer >= 16",
         )
         require(
             self.cache_format in CACHE_FORMATS,

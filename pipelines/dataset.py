@@ -123,7 +123,8 @@ def scan_videos(
     options = {
         "frames_per_group": frames_per_group,
         "groups": config.eval_groups,
-        "size": config.image_size,
+        # Without a model (`promptswitch data check`) any crop shows that a video decodes: the cached size.
+        "size": config.image_size or config.cache_short_side,
         "short_side": config.cache_short_side,
     }
     found = _blocks(pa.table({"video_path": videos}), config.decode_batch_size)
