@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
         sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         sub.set_defaults(run=run)
+        if name == "train":
+            sub.add_argument(
+                "--fresh",
+                action="store_true",
+                help="start this run name again from step 0 (its checkpoints are moved aside, not deleted)",
+            )
         if name == "eval":
             sub.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint folder of a run")
             sub.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -180,9 +186,12 @@ def _train(args) -> int:
         return 0
     from orchestrator.preflight import check_before_ray
     from orchestrator.ray_runtime import connect
+    from orchestrator.resume import check_resume
     from orchestrator.trainer import fit
 
     check_before_ray(run, args.address)
+    if moved := check_resume(run, fresh=args.fresh):
+        print(f"The earlier run {run.name!r} was moved to {moved}", flush=True)
     print(f"Ray: {connect(args.address)}", flush=True)
     fit(run)
     return 0

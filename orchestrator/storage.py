@@ -36,3 +36,33 @@ def exists(storage_path: str) -> bool:
     if fs is None:
         return Path(path).exists()
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def latest_checkpoint_file(run_folder: str, name: str) -> str | None:
+    """The text of `name` in a run's latest `checkpoint_*` folder (Ray Train numbers them in order)."""
+    fs, path = location(run_folder)
+    fs = fs or pafs.LocalFileSystem()
+    found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    folders = sorted(
+        f.path for f in found if f.type == pafs.FileType.Directory and f.base_name.startswith("checkpoint_")
+    )
+    for folder in reversed(folders):  # a folder without the file: a checkpoint cut short
+        info = fs.get_file_info(f"{folder}/{name}")
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as f:
+                return f.read().decode()
+    return None
+
+
+def move_aside(run_folder: str, suffix: str) -> str:
+    """Move a run's folder to `<folder>.<suffix>`, kept whole: nothing of a replaced run is deleted."""
+    base, _, query = run_folder.partition("?")
+    target = f"{base.rstrip('/')}.{suffix}" + (f"?{query}" if query else "")
+    fs, src = location(run_folder)
+    if fs is None:
+        Path(src).rename(location(target)[1])
+    else:
+        dst = location(target)[1]
+        pafs.copy_files(src, dst, source_filesystem=fs, destination_filesystem=fs)
+        fs.delete_dir(src)
+    return target

@@ -164,6 +164,10 @@ class Tracker:
         for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
             self.client.log_batch(self._run_id, metrics=chunk)
 
+    def last_step(self, key: str) -> int:
+        """The highest step at which `key` was logged; 0 if never."""
+        return max((m.step for m in self.client.get_metric_history(self._run_id, key)), default=0)
+
     def metric_history(self, *keys: str) -> dict[str, list[tuple[int, float]]]:
         """`{key: [(step, value), ...]}` as logged, for the keys the run has (e.g. to plot after a resume)."""
         history = {}

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from model import build_model
 from orchestrator import checkpoint
-from orchestrator.config import RunConfig
+from orchestrator.config import SELECTION_METRIC, RunConfig
 from orchestrator.config_io import config_from_dict, dump_config
 from orchestrator.evaluation import embed_videos, rank_captions
 from orchestrator.grad_sync import attach as attach_grad_sync
@@ -54,6 +54,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0
         else None
     )
+    # A resumed run repeats the steps after its checkpoint, which the run it resumes may have logged
+    # already: those steps are trained again but not logged twice.
+    logged = {k: tracker.last_step(k) if tracker and resumed else 0 for k in ("loss", SELECTION_METRIC)}
 
     # 2. This worker's shard of the training pairs, and its share of the validation videos.
     shard = ray.train.get_dataset_shard("train")
@@ -69,7 +72,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics |= {f"val_{k}": v for k, v in scores.items()}
             state.best_score = max(state.best_score, scores["t2v_recall_at_1"])
             if tracker:
-                tracker.log_metrics({f"val_{k}": v for k, v in scores.items()}, state.step)
+                if state.step > logged[SELECTION_METRIC]:
+                    tracker.log_metrics({f"val_{k}": v for k, v in scores.items()}, state.step)
                 progress.show_eval(state, scores)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
@@ -96,7 +100,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             waited += step_waited
             if tracker and state.step % cfg.log_every_steps == 0:
                 step_metrics = progress.step_metrics(state, sums, waited, opt.optimizer, model, grad_sync)
-                tracker.log_metrics(step_metrics, state.step)
+                if state.step > logged["loss"]:
+                    tracker.log_metrics(step_metrics, state.step)
                 progress.show_step(state, step_metrics)
                 waited = 0.0
             if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:

@@ -38,10 +38,19 @@ def _fit(run: RunConfig, uri: str) -> dict[str, float]:
     data = prepare_data(run.data, run.model.frames_per_group)
     tracker = open_tracking_run(run, data, uri)
     try:
-        result = make_trainer(run, data, tracker).fit()
+        metrics = _train_and_score(run, data, tracker)
     except BaseException:
+        # Whatever fails, training or the scoring and model logging after it, the run never stays RUNNING.
         tracker.finish("FAILED")
         raise
+    tracker.finish("FINISHED")
+    print(f"\nMLflow run {tracker.run_id}: `make mlflow-ui`, then open http://127.0.0.1:5000", flush=True)
+    print(json.dumps(metrics, indent=1), flush=True)
+    return metrics
+
+
+def _train_and_score(run: RunConfig, data: PreparedData, tracker: Tracker) -> dict[str, float]:
+    result = make_trainer(run, data, tracker).fit()
     best = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
     metrics = {}
     if "test" in data.splits:
@@ -59,9 +68,6 @@ def _fit(run: RunConfig, uri: str) -> dict[str, float]:
             run.tracking.register_as,
             run.tracking.alias,
         )
-    tracker.finish("FINISHED")
-    print(f"\nMLflow run {tracker.run_id}: `make mlflow-ui`, then open http://127.0.0.1:5000", flush=True)
-    print(json.dumps(metrics, indent=1), flush=True)
     return metrics
 
 

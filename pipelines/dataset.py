@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines import scan_memory
 from pipelines.cache import CacheInfo, build_cache
 from pipelines.config import DataConfig
 from pipelines.decode import DECODE_PLACEMENT, INFO_COLUMNS, decode_batch, read_sampled_frames
@@ -75,7 +76,7 @@ def prepare_data(config: DataConfig, frames_per_group: int) -> PreparedData:
     if cache:
         report, infos = BadVideoReport(len(videos), cache.bad), None
     else:
-        report, infos = scan_videos(videos, config, frames_per_group)
+        report, infos = _scan_remembered(videos, config, frames_per_group)
     report.check(config.max_bad_fraction)
     bad = pa.array([b["video"] for b in report.bad], pa.string())
     good = table.filter(pc.invert(pc.is_in(table["video_path"], value_set=bad)))
@@ -109,6 +110,25 @@ def _split(name: str, table: pa.Table, infos: dict[str, VideoInfo] | None) -> Sp
             captions = captions.append_column(key, [[getattr(infos[p], key) for p in paths]])
             videos = videos.append_column(key, [[getattr(infos[p], key) for p in order]])
     return Split(name, captions, videos)
+
+
+def _scan_remembered(videos: list[str], config: DataConfig, frames_per_group: int):
+    """`scan_videos` of the videos the last scan did not see as they are now; the others' verdicts kept."""
+    settings = {
+        "frames_per_group": frames_per_group,
+        "eval_groups": config.eval_groups,
+        "image_size": config.image_size,
+        "short_side": config.cache_short_side,
+    }
+    verdicts = scan_memory.recall(config.manifest, settings, videos)
+    todo = [v for v in videos if v not in verdicts]
+    if todo:
+        report, infos = scan_videos(todo, config, frames_per_group)
+        errors = {b["video"]: b["error"] for b in report.bad}
+        verdicts |= {v: (errors.get(v, ""), infos.get(v)) for v in todo}
+        scan_memory.remember(config.manifest, settings, verdicts)
+    bad = [{"video": v, "error": verdicts[v][0]} for v in videos if verdicts[v][0]]
+    return BadVideoReport(len(videos), bad), {v: verdicts[v][1] for v in videos if not verdicts[v][0]}
 
 
 def scan_videos(

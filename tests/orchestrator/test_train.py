@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from orchestrator.config_io import config_from_dict
+from orchestrator.config_io import config_from_dict, load_config
 from tests.orchestrator.reference import reference_metrics
 
 ROOT = Path(__file__).parents[2]
@@ -135,6 +135,9 @@ def test_a_stopped_driver_resumes_from_its_checkpoint_in_the_same_mlflow_run(man
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
     assert max(steps) == 12
     assert min(s for s in steps if s > checkpointed) == checkpointed + 1  # continues after the checkpoint
+    assert sorted(steps) == list(range(1, 13)), "every step logged once, none twice after the resume"
+    val = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_t2v_recall_at_1")]
+    assert sorted(val) == [3, 6, 9, 12]
     assert runs[0].info.status == "FINISHED"
 
 
@@ -163,3 +166,20 @@ def test_print_config_shows_the_resolved_values(manifest, tmp_path):
     )
     assert shown.returncode == 0, shown.stderr
     assert f"manifest: {manifest}" in shown.stdout and "batch_size: 8" in shown.stdout
+
+
+def test_a_failure_after_training_closes_the_mlflow_run_as_failed(ray_local, synth, tmp_path, monkeypatch):
+    from orchestrator import trainer
+
+    def scoring_fails(run, data, tracker):
+        tracker.log_metrics({"loss": 1.0}, 1)  # training went well...
+        raise RuntimeError("the artifact store is full")  # ... and logging the model did not
+
+    monkeypatch.setattr(trainer, "_train_and_score", scoring_fails)
+    run = load_config(ROOT / "configs" / "demo.yaml", [f"data.manifest={synth}", f"storage_path={tmp_path}"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(RuntimeError, match="artifact store is full"):
+        trainer._fit(run, uri)
+    client = MlflowClient(uri)
+    (failed,) = client.search_runs([client.get_experiment_by_name("promptswitch-demo").experiment_id])
+    assert failed.info.status == "FAILED" and failed.data.metrics["loss"] == 1.0
