@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ class TrainState:
     epoch: int = 0  # epochs completed
     best_score: float = float("-inf")  # best validation t2v R@1 so far
     mlflow_run_id: str | None = None
+    # Metrics MLflow had not taken when the checkpoint was made: [key, value, timestamp_ms, step] each.
+    undelivered_metrics: list = field(default_factory=list)
 
 
 def save(folder: Path, model: nn.Module, opt: Optimisation, state: TrainState, config_yaml: str) -> None:

@@ -54,11 +54,12 @@ def check_resume(run: RunConfig, *, fresh: bool = False) -> str | None:
     aside first and its new place returned. Raises ResumeConflict when the configs differ where they may
     not."""
     folder = storage.join(run.storage_path, run.name)
-    stored = storage.latest_checkpoint_file(folder, CONFIG_FILE) if storage.exists(folder) else None
     if fresh and storage.exists(folder):
         return storage.move_aside(folder, time.strftime("replaced-%Y%m%d-%H%M%S"))
-    if stored is None:
+    latest = storage.latest_checkpoint(folder, CONFIG_FILE) if storage.exists(folder) else None
+    if latest is None:
         return None
+    stored = storage.read_text(storage.join(latest, CONFIG_FILE))
     changed = differences(yaml.safe_load(stored) or {}, config_to_dict(run))
     if changed:
         detail = "\n".join(f"  {key}: {before!r} -> {after!r}" for key, (before, after) in changed.items())

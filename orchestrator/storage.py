@@ -38,20 +38,30 @@ def exists(storage_path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def latest_checkpoint_file(run_folder: str, name: str) -> str | None:
-    """The text of `name` in a run's latest `checkpoint_*` folder (Ray Train numbers them in order)."""
+def latest_checkpoint(run_folder: str, marker: str) -> str | None:
+    """The run's latest `checkpoint_*` folder that holds `marker` (the file a checkpoint writes last, so a
+    folder cut short is passed over), as a path or URI like `run_folder`; Ray Train numbers them in order."""
     fs, path = location(run_folder)
+    local = fs is None
     fs = fs or pafs.LocalFileSystem()
     found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     folders = sorted(
-        f.path for f in found if f.type == pafs.FileType.Directory and f.base_name.startswith("checkpoint_")
+        f.base_name
+        for f in found
+        if f.type == pafs.FileType.Directory and f.base_name.startswith("checkpoint_")
     )
-    for folder in reversed(folders):  # a folder without the file: a checkpoint cut short
-        info = fs.get_file_info(f"{folder}/{name}")
-        if info.type == pafs.FileType.File:
-            with fs.open_input_stream(info.path) as f:
-                return f.read().decode()
+    for name in reversed(folders):
+        if fs.get_file_info(f"{path}/{name}/{marker}").type == pafs.FileType.File:
+            return str(Path(path) / name) if local else join(run_folder, name)
     return None
+
+
+def read_text(uri_or_path: str) -> str:
+    fs, path = location(uri_or_path)
+    if fs is None:
+        return Path(path).read_text()
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
 
 
 def move_aside(run_folder: str, suffix: str) -> str:

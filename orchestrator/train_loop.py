@@ -20,8 +20,14 @@ from orchestrator.config import SELECTION_METRIC, RunConfig
 from orchestrator.config_io import config_from_dict, dump_config
 from orchestrator.evaluation import embed_videos, rank_captions
 from orchestrator.grad_sync import attach as attach_grad_sync
+from orchestrator.metric_queue import MetricQueue
 from orchestrator.step import autocast_for, build_optimisation, forward_losses
+from orchestrator.system_metrics import SystemMetrics
 from orchestrator.tracking import Tracker
+
+# How long the end of training waits for the tracking server to take the metrics still queued.
+FINAL_DELIVERY_S = 600.0
+CPU = "system/cpu_utilization_percentage"  # the system metric whose last step a resumed run continues
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -39,7 +45,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     total_steps = loop_config["total_steps"]
-    resumed = ray.train.get_checkpoint()
+    resumed = ray.train.get_checkpoint() or _checkpoint_at(loop_config["latest_checkpoint"])
     with resumed.as_directory() if resumed else contextlib.nullcontext() as folder:
         model, opt, state = set_up_model(run, device, total_steps, folder and Path(folder))
     state.mlflow_run_id = state.mlflow_run_id or loop_config["mlflow_run_id"]
@@ -56,7 +62,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     )
     # A resumed run repeats the steps after its checkpoint, which the run it resumes may have logged
     # already: those steps are trained again but not logged twice.
-    logged = {k: tracker.last_step(k) if tracker and resumed else 0 for k in ("loss", SELECTION_METRIC)}
+    logged = {k: tracker.last_step(k) if tracker and resumed else 0 for k in ("loss", SELECTION_METRIC, CPU)}
+    # Metrics go out through a queue and a thread of their own (with the ones a checkpoint kept because the
+    # server was away): the loop never waits on the tracking server.
+    to_mlflow = MetricQueue(tracker.client, tracker.run_id, state.undelivered_metrics) if tracker else None
+    system = SystemMetrics(to_mlflow, device, first_step=logged[CPU] + 1) if tracker else None
 
     # 2. This worker's shard of the training pairs, and its share of the validation videos.
     shard = ray.train.get_dataset_shard("train")
@@ -73,11 +83,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state.best_score = max(state.best_score, scores["t2v_recall_at_1"])
             if tracker:
                 if state.step > logged[SELECTION_METRIC]:
-                    tracker.log_metrics({f"val_{k}": v for k, v in scores.items()}, state.step)
+                    to_mlflow.log({f"val_{k}": v for k, v in scores.items()}, state.step)
                 progress.show_eval(state, scores)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:  # one copy of the weights: every rank holds the same ones
+                state.undelivered_metrics = to_mlflow.pending()  # delivered on resume if not before
                 checkpoint.save(Path(tmp), model, opt, state, config_yaml)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
@@ -101,7 +112,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if tracker and state.step % cfg.log_every_steps == 0:
                 step_metrics = progress.step_metrics(state, sums, waited, opt.optimizer, model, grad_sync)
                 if state.step > logged["loss"]:
-                    tracker.log_metrics(step_metrics, state.step)
+                    to_mlflow.log(step_metrics, state.step)
                 progress.show_step(state, step_metrics)
                 waited = 0.0
             if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
@@ -116,7 +127,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if last_eval != state.step:
         validate_and_checkpoint()  # the final state is always in a checkpoint
     if tracker:
-        tracker.log_metrics({"best_val_t2v_recall_at_1": state.best_score}, state.step)
+        to_mlflow.log({"best_val_t2v_recall_at_1": state.best_score}, state.step)
+        system.stop()
+        if not to_mlflow.close(timeout=FINAL_DELIVERY_S):
+            raise RuntimeError(
+                f"{len(to_mlflow.pending())} metrics could not reach MLflow at {tracker.uri} within "
+                f"{FINAL_DELIVERY_S:.0f} s of the end of training; the last checkpoint holds them, and "
+                "running the same command again delivers them"
+            )
 
 
 def optimiser_steps(batches, ddp, model, opt, cfg, device, autocast, world: int):
@@ -170,6 +188,15 @@ def validate(model, share, captions, device, autocast, rank: int) -> dict[str, f
         index, emb = (np.concatenate(parts) for parts in zip(*shares, strict=True))
         scores = rank_captions(model, index, emb, captions, device, autocast=autocast)
     return _broadcast(scores)
+
+
+def _checkpoint_at(path: str | None) -> ray.train.Checkpoint | None:
+    if path is None:
+        return None
+    from orchestrator import storage
+
+    filesystem, inside = storage.location(path)
+    return ray.train.Checkpoint(inside, filesystem=filesystem)
 
 
 def _gather(obj) -> list:

@@ -11,7 +11,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from model import format_metrics_table
-from orchestrator import storage
+from orchestrator import checkpoint, storage
 from orchestrator.cluster import check_run, cluster_shape, tracking_host
 from orchestrator.config import SELECTION_METRIC, RunConfig
 from orchestrator.config_io import config_to_dict, dump_config, flatten_config
@@ -119,6 +119,13 @@ def make_trainer(run: RunConfig, data: PreparedData, tracker: Tracker, callbacks
             "total_steps": total_steps(run, data),
             "tracking_uri": tracker.uri,
             "mlflow_run_id": tracker.run_id,
+            # Ray Train resumes from the checkpoints its snapshot lists; a driver stopped between writing a
+            # checkpoint and the snapshot leaves one it does not list, which the workers then start from.
+            "latest_checkpoint": storage.latest_checkpoint(
+                storage.join(run.storage_path, run.name), checkpoint.CONFIG_FILE
+            )
+            if storage.exists(storage.join(run.storage_path, run.name))
+            else None,
             "eval_splits": ["val"],
             "val_captions": data.splits["val"].captions.select(["video_index", "caption"]),
         },
