@@ -29,7 +29,7 @@ class MetricQueue:
         self._queue: collections.deque[tuple] = collections.deque(tuple(m) for m in pending)
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._closed = False
+        self._stop = threading.Event()
         self._failing_since: float | None = None
         self._thread = threading.Thread(target=self._deliver, name="mlflow-metrics", daemon=True)
         self._thread.start()
@@ -62,28 +62,29 @@ class MetricQueue:
     def close(self, timeout: float) -> bool:
         """Flush, then stop the thread; True when everything was delivered."""
         done = self.flush(timeout)
-        self._closed = True
+        self._stop.set()
         self._wake.set()
         self._thread.join(timeout=1.0)
         return done
 
     def _deliver(self) -> None:
         backoff = 1.0
-        while not self._closed:
+        while not self._stop.is_set():
             self._wake.wait()
             self._wake.clear()
-            while not self._closed:
+            while not self._stop.is_set():
                 with self._lock:
                     batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
                 if not batch:
                     break
                 try:
                     self.client.log_batch(self.run_id, metrics=[Metric(*m) for m in batch])
-                except Exception as e:  # the server is away: keep them, try again later
+                except Exception as e:  # the server is away: keep them, try again after a pause
                     if self._failing_since is None:
                         self._failing_since = time.monotonic()
                         log.warning("MLflow does not take metrics (%s); keeping them and retrying", e)
-                    self._wake.wait(backoff)
+                    # New metrics do not cut the pause short: retrying at every step would spin.
+                    self._stop.wait(backoff)
                     backoff = min(2 * backoff, MAX_BACKOFF_S)
                     continue
                 with self._lock:

@@ -38,43 +38,32 @@ def test_a_bad_option_is_refused_before_ray_starts(tmp_path):
 
 
 @pytest.mark.slow
-def test_embed_then_search_from_the_command_line(ray_local, synth, tmp_path):
-    _checkpoint(tmp_path / "ckpt", synth)
-    done = _run("embed", "--model", str(tmp_path / "ckpt"), "--manifest", str(synth), "--out",
-                str(tmp_path / "lib"), "--split", "test", "batch_size=4", cwd=tmp_path)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "library " + str(tmp_path / "lib") + ": 6 videos, 6 rows, 0 bad" in done.stdout
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (job,) = client.search_runs([client.get_experiment_by_name("promptswitch-library").experiment_id])
-    assert job.info.status == "FINISHED" and job.data.metrics["videos"] == 6
-    assert job.data.tags["promptswitch.model_source"] == str(tmp_path / "ckpt")
-    assert {a.path for a in client.list_artifacts(job.info.run_id)} >= {
-        "library_manifest.json",
-        "bad_videos.json",
-    }
-
-    table = _run("search", str(tmp_path / "lib"), "a red circle moves left", "-k", "3", cwd=tmp_path)
-    assert table.returncode == 0, table.stderr[-3000:]
-    lines = table.stdout.splitlines()
-    assert lines[0].split() == ["rank", "score", "time", "(s)", "video", "id", "path"] and len(lines) == 4
-    hits = _run("search", str(tmp_path / "lib"), "a red circle moves left", "-k", "3", "--json", cwd=tmp_path)
-    records = [json.loads(line) for line in hits.stdout.splitlines()]
-    assert [r["rank"] for r in records] == [1, 2, 3]
-    assert records[0]["video_id"] == lines[1].split()[3]
-    assert records[0]["score"] >= records[1]["score"] >= records[2]["score"]
-    like = _run("search", str(tmp_path / "lib"), "--like", records[0]["video_path"], "--json", cwd=tmp_path)
-    assert json.loads(like.stdout.splitlines()[0])["video_path"] == records[0]["video_path"]
-
-
-
-@pytest.mark.slow
-def test_the_library_of_a_split_searched_by_its_captions_gives_evals_recall(ray_local, trained, tmp_path):
+def test_embed_search_and_eval_from_the_command_line_agree_on_recall(ray_local, trained, tmp_path):
     run, ckpt = trained
     lib = tmp_path / "lib"
     done = _run("embed", "--model", str(ckpt), "--manifest", run.data.manifest, "--out", str(lib), "--split",
                 "test", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"library {lib}: 18 videos, 18 rows, 0 bad" in done.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (job,) = client.search_runs([client.get_experiment_by_name("promptswitch-library").experiment_id])
+    assert job.info.status == "FINISHED" and job.data.metrics["videos"] == 18
+    assert job.data.tags["promptswitch.model_source"] == str(ckpt)
+    artifacts = {a.path for a in client.list_artifacts(job.info.run_id)}
+    assert artifacts >= {"library_manifest.json", "bad_videos.json"}
+
+    # The three ways to read hits: a table, JSON lines, and videos like a video.
+    table = _run("search", str(lib), "a red circle moves left, then up", "-k", "3", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr[-3000:]
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["rank", "score", "time", "(s)", "video", "id", "path"] and len(lines) == 4
+    hits = _run("search", str(lib), "a red circle moves left, then up", "-k", "3", "--json", cwd=tmp_path)
+    records = [json.loads(line) for line in hits.stdout.splitlines()]
+    assert [r["rank"] for r in records] == [1, 2, 3] and records[0]["video_id"] == lines[1].split()[3]
+    assert records[0]["score"] >= records[1]["score"] >= records[2]["score"]
+    like = _run("search", str(lib), "--like", records[0]["video_path"], "--json", cwd=tmp_path)
+    assert json.loads(like.stdout.splitlines()[0])["video_path"] == records[0]["video_path"]
+
     scored = _run("eval", "--config", str(ckpt / "config.yaml"), "--checkpoint", str(ckpt), "--split", "test",
                   cwd=tmp_path)  # fmt: skip
     assert scored.returncode == 0, scored.stderr[-3000:]
