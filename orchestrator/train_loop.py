@@ -60,9 +60,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0
         else None
     )
-    # A resumed run repeats the steps after its checkpoint, which the run it resumes may have logged
-    # already: those steps are trained again but not logged twice.
-    logged = {k: tracker.last_step(k) if tracker and resumed else 0 for k in ("loss", SELECTION_METRIC, CPU)}
+    # A restarted worker group repeats the steps after its checkpoint (all of them, when it failed before
+    # the first one), which the failed attempt may have logged already: trained again, not logged twice.
+    logged = {k: tracker.last_step(k) if tracker else 0 for k in ("loss", SELECTION_METRIC, CPU)}
     # Metrics go out through a queue and a thread of their own (with the ones a checkpoint kept because the
     # server was away): the loop never waits on the tracking server.
     to_mlflow = MetricQueue(tracker.client, tracker.run_id, state.undelivered_metrics) if tracker else None

@@ -48,18 +48,19 @@ def _wait_for_step(uri, step, job, timeout=300):
 @pytest.mark.slow
 def test_a_killed_training_worker_is_replaced_and_every_step_is_logged_once(synth, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    budget = ("train.max_steps=16", "train.eval_every_steps=4", "train.max_failures=2")
+    budget = ("train.max_steps=12", "train.eval_every_steps=4", "train.max_failures=2")
     job = _train(synth, tmp_path, uri, *budget)
-    _wait_for_step(uri, 6, job)
+    _wait_for_step(uri, 5, job)
     workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in str(p.info["cmdline"])]
     assert workers
     workers[-1].send_signal(signal.SIGKILL)  # mid-epoch, between checkpoints
     out, _ = job.communicate(timeout=600)
     assert job.returncode == 0, out[-3000:]
+    assert "[FailurePolicy] RETRY" in out  # the worker was lost, and the group restarted
     run, loss = _history(uri, "loss")
     assert run.info.status == "FINISHED"
-    assert sorted(m.step for m in loss) == list(range(1, 17)), "every step once"
-    assert sorted(m.step for m in _history(uri, "val_t2v_recall_at_1")[1]) == [4, 8, 12, 16]
+    assert sorted(m.step for m in loss) == list(range(1, 13)), "every step once"
+    assert sorted(m.step for m in _history(uri, "val_t2v_recall_at_1")[1]) == [4, 8, 12]
 
 
 @pytest.mark.slow
@@ -79,12 +80,12 @@ def test_a_tracking_outage_costs_no_throughput_and_loses_no_metric(synth, tmp_pa
     up = server()
     # MLflow's own retries made short, so that the outage outlasts them many times over.
     fast_failing = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-    job = _train(synth, tmp_path, uri, "train.max_steps=120", "train.eval_every_steps=40", env=fast_failing)
+    job = _train(synth, tmp_path, uri, "train.max_steps=90", "train.eval_every_steps=45", env=fast_failing)
     try:
         _wait_for_step(uri, 20, job)
         _stop(up)
         down_from = time.time() * 1000
-        time.sleep(30)
+        time.sleep(20)
         down_to = time.time() * 1000
         assert job.poll() is None, "training goes on without the server"
         up = server()
@@ -92,7 +93,7 @@ def test_a_tracking_outage_costs_no_throughput_and_loses_no_metric(synth, tmp_pa
         assert job.returncode == 0, out[-3000:]
         run, loss = _history(uri, "loss")
         assert run.info.status == "FINISHED"
-        assert sorted(m.step for m in loss) == list(range(1, 121)), "every metric reached the server, once"
+        assert sorted(m.step for m in loss) == list(range(1, 91)), "every metric reached the server, once"
         _, speed = _history(uri, "samples_per_second")
         before = [m.value for m in speed if m.timestamp < down_from and m.step > 5]
         during = [m.value for m in speed if down_from + 2000 < m.timestamp < down_to]

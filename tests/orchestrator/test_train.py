@@ -35,7 +35,6 @@ def command(manifest, tmp_path, name, *overrides):
         "train.batch_size=8",
         "train.cpus_per_worker=0.5",
         "train.log_every_steps=1",
-        "data.decode_batch_size=1",  # validation in several blocks: both workers get a share
         *overrides,
     ]
 
@@ -50,7 +49,8 @@ def runs_named(tmp_path, name):
 @pytest.mark.slow
 def test_a_short_training_logs_everything_to_mlflow(manifest, tmp_path):
     result = subprocess.run(
-        command(manifest, tmp_path, "short", "train.max_steps=4", "train.eval_every_steps=2"),
+        command(manifest, tmp_path, "short", "train.max_steps=4", "train.eval_every_steps=2",
+                "data.decode_batch_size=1"),  # validation in several blocks: both workers get a share
         capture_output=True,
         text=True,
         timeout=600,
