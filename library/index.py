@@ -202,6 +202,8 @@ def search(
     k = min(k, index.ntotal)
     if k < 1:
         return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+    if len(queries) == 1 and type(index) is faiss.IndexFlatIP:
+        return _exact_one(index, queries, k)
     # FAISS (1.15) scans the whole matrix once per query while n_queries * D < this threshold (128000 by
     # default), so at D=512 a batch of 64 read a 100k library 64 times: 980 ms against 72 ms through BLAS
     # (measured, one thread). Only a lone query keeps the scan, which is as fast as BLAS's mat-vec or faster.
@@ -209,6 +211,20 @@ def search(
     scores, rows = index.search(queries, k)
     scores[rows < 0] = -np.inf  # FAISS pads with -FLT_MAX, which would compare as a (very bad) real score
     return scores, rows
+
+
+def _exact_one(index: faiss.IndexFlatIP, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One query, exactly: a mat-vec over the stored vectors on all of torch's threads, then the top k.
+
+    FAISS scans for a lone query on one thread, 1.3x the time of reading the matrix on one core but 2.2x
+    (at 1M vectors) of reading it on two; a threaded mat-vec reads it at the speed of all cores.
+    """
+    import torch
+
+    stored = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+    scores = torch.from_numpy(stored) @ torch.from_numpy(query[0])  # a view: nothing is copied
+    best = torch.topk(scores, k)
+    return best.values.numpy()[None], best.indices.numpy().astype(np.int64)[None]
 
 
 def recall_at_k(

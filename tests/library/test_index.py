@@ -167,6 +167,9 @@ def test_k_larger_than_the_library_returns_every_row():
         assert rows.shape == scores.shape == (3, 7)
         assert all(sorted(r) == list(range(7)) for r in rows)
         assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    scores, rows = search(build_index(vectors), vectors[:1], k=50)  # a lone query: the threaded mat-vec
+    assert rows.shape == (1, 7) and rows.dtype == np.int64 and sorted(rows[0]) == list(range(7))
+    assert rows[0, 0] == 0 and scores[0, 0] == pytest.approx(1.0)
     scores, rows = search(build_index(np.zeros((0, 16), np.float32)), vectors[:3], k=5)  # an empty library
     assert rows.shape == scores.shape == (3, 0)
 
