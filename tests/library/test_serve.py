@@ -77,7 +77,14 @@ def server(ray_local, synth, tmp_path_factory):
         time.sleep(0.5)
     yield srv
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends: Serve must go down cleanly
-    code = proc.wait(timeout=60)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # (a shell's background job ignores SIGINT from the start)
+        proc.kill()
+        from ray import serve
+
+        serve.shutdown()  # its actors live in this session's cluster: free them for the tests that follow
+        pytest.fail("promptswitch serve did not stop within 60 s of SIGINT")
     log.seek(0)
     output = log.read()
     assert code == 0, output[-4000:]
