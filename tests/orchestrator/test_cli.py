@@ -134,7 +134,7 @@ def test_missing_videos_fail_with_the_list_unless_allowed(tmp_path):
     assert json.loads(allowed.stdout)["missing_videos"] > 0
 
 
-def test_a_bad_value_is_named_before_any_work(synth):
-    result = promptswitch("data", "cache", synth, "--short-side", 8)  # no model reads 8 px
+def test_a_bad_value_is_named_before_any_work(synth, tmp_path):
+    result = promptswitch("data", "cache", synth, "--short-side", 8, cwd=tmp_path)  # no model reads 8 px
     assert result.returncode == 2
     assert "data.cache_short_side=8" in result.stderr and "allowed: an integer >= 16" in result.stderr
