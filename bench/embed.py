@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from library.embed import EmbedConfig, embed_library, pool_size  # noqa: E402
+from library.embed import EmbedConfig, embed_library, pool  # noqa: E402
 from library.source import resolve  # noqa: E402
 from model import ModelConfig, build_model, normalize_frames  # noqa: E402
 from orchestrator import checkpoint  # noqa: E402
@@ -151,7 +151,7 @@ def main() -> None:
                 f"(model busy {last['model_busy_fraction']:.0%} of {last['actors']} actor(s))",
                 flush=True,
             )
-        actors = pool_size(EmbedConfig())
+        actors, _ = pool(EmbedConfig())
     result = {
         "command": "bench/embed.py " + shlex.join(sys.argv[1:]),
         "model": args.model,

@@ -29,6 +29,7 @@ from orchestrator.checkpoint import CONFIG_FILE, MODEL_FILE
 from orchestrator.config import RunConfig
 from pipelines.decode import DECODE_PLACEMENT, INFO_COLUMNS, decode_batch
 from pipelines.manifest import check_manifest
+from pipelines.video import file_identity
 
 LISTING_CHUNK = 10_000  # videos listed, checked against the library and handed to Ray Data at a time
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -75,13 +76,13 @@ def iter_videos(videos: Path, split: str | None = None, chunk_rows: int = LISTIN
     per video, in its first caption's order) or a folder (walked in name order), read as they are listed."""
     pairs = _walk(videos, videos) if videos.is_dir() else _manifest_videos(videos, split)
     while chunk := list(itertools.islice(pairs, chunk_rows)):
-        stats = [p.stat() if p.exists() else None for _, p in chunk]
+        identities = [file_identity(p) for _, p in chunk]
         yield pa.table(
             {
                 "video_id": [video_id for video_id, _ in chunk],
                 "video_path": [str(p) for _, p in chunk],
-                "size": pa.array([s.st_size if s else -1 for s in stats], pa.int64()),
-                "mtime_ns": pa.array([s.st_mtime_ns if s else -1 for s in stats], pa.int64()),
+                "size": pa.array([size for size, _ in identities], pa.int64()),
+                "mtime_ns": pa.array([mtime for _, mtime in identities], pa.int64()),
             }
         )
 
@@ -141,7 +142,7 @@ def embed_library(
             pending += len(new)
     print(f"{listed} videos, {listed - pending} already in {out}, {pending} to embed")
     started, embedded, rows_written, bad, model_seconds = time.perf_counter(), 0, 0, [], 0.0
-    actors = pool_size(config)
+    actors, _ = pool(config)
     if pending:
         writer = _ShardWriter(out, store.schema(model.run.model.embed_dim, config.dtype), config.shard_rows)
         cache = _cache(todo, model, config)
@@ -240,8 +241,7 @@ def embedding_dataset(
     from orchestrator.config_io import config_to_dict
     from pipelines.dataset import decode_options
 
-    gpus = _gpus(use_gpu)
-    actors = pool_size(config, use_gpu)
+    actors, gpus = pool(config, use_gpu)
     run = replace(run, model=replace(run.model, pretrained=None))  # the checkpoint's weights replace CLIP's
     decode = decode_options(run.data, run.model.frames_per_group, cache_path, train=False) | {
         "keep_failed": True
@@ -278,17 +278,14 @@ def embedding_dataset(
     )
 
 
-def _gpus(use_gpu: bool | None) -> int:
+def pool(config: EmbedConfig, use_gpu: bool | None = None) -> tuple[int, int]:
+    """(actors, the cluster's GPUs it uses): actors as configured, else one per GPU, else one per two CPUs
+    (the rest decode)."""
     import ray
 
-    return int(ray.cluster_resources().get("GPU", 0)) if use_gpu is not False else 0
-
-
-def pool_size(config: EmbedConfig, use_gpu: bool | None = None) -> int:
-    """Actors in the pool: as configured, else one per GPU, else one per two CPUs (the rest decode)."""
-    import ray
-
-    return config.actors or _gpus(use_gpu) or max(1, int(ray.cluster_resources().get("CPU", 2)) // 2)
+    resources = ray.cluster_resources()  # once: each read is a round trip to the cluster
+    gpus = int(resources.get("GPU", 0)) if use_gpu is not False else 0
+    return config.actors or gpus or max(1, int(resources.get("CPU", 2)) // 2), gpus
 
 
 def _windows(

@@ -90,8 +90,15 @@ def searchable(library: Path, dim: int) -> tuple[pa.Table, np.ndarray]:
         empty = pa.table({c: pa.array([], pa.string()) for c in RECORD_COLUMNS})
         return empty, np.zeros((0, dim), np.float32)
     rows = rows.filter(pc.equal(rows["error"], ""))
-    flat = rows["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return rows.select(list(RECORD_COLUMNS)), np.ascontiguousarray(flat.reshape(-1, dim), dtype=np.float32)
+    return rows.select(list(RECORD_COLUMNS)), as_matrix(rows["embedding"])
+
+
+def as_matrix(embeddings: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """(n, dim) float32 of an `embedding` column (fixed-size lists of float32 or float16)."""
+    if isinstance(embeddings, pa.ChunkedArray):
+        embeddings = embeddings.combine_chunks()
+    flat = embeddings.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat.reshape(-1, embeddings.type.list_size), dtype=np.float32)
 
 
 def fingerprint(library: Path) -> str:

@@ -56,7 +56,7 @@ def check_resume(run: RunConfig, *, fresh: bool = False) -> str | None:
     folder = storage.join(run.storage_path, run.name)
     if fresh and storage.exists(folder):
         return storage.move_aside(folder, time.strftime("replaced-%Y%m%d-%H%M%S"))
-    latest = storage.latest_checkpoint(folder, CONFIG_FILE) if storage.exists(folder) else None
+    latest = storage.latest_checkpoint(folder, CONFIG_FILE)
     if latest is None:
         return None
     stored = storage.read_text(storage.join(latest, CONFIG_FILE))

@@ -14,6 +14,7 @@ import numpy as np
 import ray
 import ray.train
 
+from library import store
 from library.embed import EmbedConfig, embedding_dataset
 from orchestrator.config import RunConfig
 from orchestrator.config_io import config_from_dict, config_to_dict
@@ -38,8 +39,7 @@ def score_checkpoint(
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         ok = np.array([not e for e in batch["error"].to_pylist()], dtype=bool)
         index.append(batch["video_index"].to_numpy()[ok])
-        dim = batch.schema.field("embedding").type.list_size
-        emb.append(batch["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, dim)[ok])
+        emb.append(store.as_matrix(batch["embedding"])[ok])
     captions = data.splits[split].captions.select(["video_index", "caption"])
     task = _rank.options(num_cpus=1, num_gpus=1 if run.train.use_gpu else 0)
     return ray.get(

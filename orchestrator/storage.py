@@ -40,7 +40,8 @@ def exists(storage_path: str) -> bool:
 
 def latest_checkpoint(run_folder: str, marker: str) -> str | None:
     """The run's latest `checkpoint_*` folder that holds `marker` (the file a checkpoint writes last, so a
-    folder cut short is passed over), as a path or URI like `run_folder`; Ray Train numbers them in order."""
+    folder cut short is passed over), as a path or URI like `run_folder`; Ray Train numbers them in order.
+    None when there is none, or no `run_folder`."""
     fs, path = location(run_folder)
     local = fs is None
     fs = fs or pafs.LocalFileSystem()

@@ -123,9 +123,7 @@ def make_trainer(run: RunConfig, data: PreparedData, tracker: Tracker, callbacks
             # checkpoint and the snapshot leaves one it does not list, which the workers then start from.
             "latest_checkpoint": storage.latest_checkpoint(
                 storage.join(run.storage_path, run.name), checkpoint.CONFIG_FILE
-            )
-            if storage.exists(storage.join(run.storage_path, run.name))
-            else None,
+            ),
             "eval_splits": ["val"],
             "val_captions": data.splits["val"].captions.select(["video_index", "caption"]),
         },

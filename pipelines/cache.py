@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from torchvision.io import decode_jpeg, encode_jpeg
 
 from pipelines.config import DataConfig
 from pipelines.decode import DECODE_PLACEMENT
-from pipelines.video import VideoError, open_video
+from pipelines.video import VideoError, file_identity, open_video
 
 CACHE_VERSION = 1
 _INDEX = "index.parquet"
@@ -57,11 +56,8 @@ def cache_key(video_paths: list[str], config: DataConfig) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(_params(config), sort_keys=True).encode())
     for path in sorted(set(video_paths)):
-        try:
-            st = os.stat(path)
-            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{path}\0missing\n".encode())
+        size, mtime = file_identity(path)
+        h.update((f"{path}\0{size}\0{mtime}\n" if size >= 0 else f"{path}\0missing\n").encode())
     return h.hexdigest()[:20]
 
 

@@ -21,7 +21,7 @@ from pipelines.decode import DECODE_PLACEMENT, INFO_COLUMNS, decode_batch, read_
 from pipelines.manifest import SPLITS, read_manifest
 from pipelines.sampling import frame_indices
 from pipelines.transforms import eval_transform
-from pipelines.video import VideoError, VideoInfo, probe
+from pipelines.video import VideoError, VideoInfo, file_identity, probe
 
 
 class TooManyBadVideos(RuntimeError):
@@ -120,13 +120,14 @@ def _scan_remembered(videos: list[str], config: DataConfig, frames_per_group: in
         "image_size": config.image_size,
         "short_side": config.cache_short_side,
     }
-    verdicts = scan_memory.recall(config.manifest, settings, videos)
+    identities = {v: file_identity(v) for v in videos}  # each file's stat, once
+    verdicts = scan_memory.recall(config.manifest, settings, identities)
     todo = [v for v in videos if v not in verdicts]
     if todo:
         report, infos = scan_videos(todo, config, frames_per_group)
         errors = {b["video"]: b["error"] for b in report.bad}
         verdicts |= {v: (errors.get(v, ""), infos.get(v)) for v in todo}
-        scan_memory.remember(config.manifest, settings, verdicts)
+        scan_memory.remember(config.manifest, settings, verdicts, identities)
     bad = [{"video": v, "error": verdicts[v][0]} for v in videos if verdicts[v][0]]
     return BadVideoReport(len(videos), bad), {v: verdicts[v][1] for v in videos if not verdicts[v][0]}
 

@@ -30,20 +30,12 @@ def memory_path(manifest: str | Path) -> Path:
     return manifest.with_name(f".{manifest.name}.scan.parquet")
 
 
-def identity(path: str) -> tuple[int, int]:
-    """(size, mtime_ns) of the file; (-1, -1) when it is missing (a missing file is scanned every time)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return (-1, -1)
-    return (st.st_size, st.st_mtime_ns)
-
-
 Verdicts = dict[str, tuple[str, VideoInfo | None]]  # {video path: (error, info)}; the info of a good video
 
 
-def recall(manifest: str | Path, settings: dict, videos: list[str]) -> Verdicts:
-    """{path: (error, info)} of the videos whose kept verdict still holds."""
+def recall(manifest: str | Path, settings: dict, identities: dict[str, tuple[int, int]]) -> Verdicts:
+    """{path: (error, info)} of the videos whose kept verdict still holds; `identities` are the videos'
+    `file_identity` now."""
     path = memory_path(manifest)
     try:
         table = pq.read_table(path)
@@ -52,20 +44,21 @@ def recall(manifest: str | Path, settings: dict, videos: list[str]) -> Verdicts:
     stored = json.loads((table.schema.metadata or {}).get(_META, b"{}"))
     if stored != {"version": VERSION, **settings}:
         return {}
-    wanted = {v: identity(v) for v in videos}
     held = {}
     for row in table.to_pylist():
-        if wanted.get(row["video_path"]) == (row["size"], row["mtime_ns"]) and row["size"] >= 0:
+        if identities.get(row["video_path"]) == (row["size"], row["mtime_ns"]) and row["size"] >= 0:
             info = VideoInfo(*(row[k] for k in INFO_COLUMNS)) if not row["error"] else None
             held[row["video_path"]] = (row["error"], info)
     return held
 
 
-def remember(manifest: str | Path, settings: dict, verdicts: Verdicts) -> None:
-    """Keep {path: (error, info)}; written whole to a temporary name, then renamed."""
+def remember(
+    manifest: str | Path, settings: dict, verdicts: Verdicts, identities: dict[str, tuple[int, int]]
+) -> None:
+    """Keep {path: (error, info)} with each video's identity; written to a temporary name, then renamed."""
     rows = []
     for video, (error, info) in verdicts.items():
-        size, mtime = identity(video)
+        size, mtime = identities[video]
         row = {"video_path": video, "size": size, "mtime_ns": mtime, "error": error}
         rows.append(row | {k: getattr(info, k) if info else 0 for k in INFO_COLUMNS})
     meta = {_META: json.dumps({"version": VERSION, **settings})}

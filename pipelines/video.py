@@ -49,6 +49,15 @@ class VideoInfo:
     height: int
 
 
+def file_identity(path: str | os.PathLike) -> tuple[int, int]:
+    """(size, mtime_ns) of a video file, which says whether it changed; (-1, -1) when it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """(width, height) with the shorter side `short_side` and the aspect ratio kept, both even.
 
