@@ -1,6 +1,6 @@
 """Ablation of Prompt Switch's parts on the synthetic videos, with the real Ray Train + Ray Data pipeline.
 
-Four rows, each trained from scratch by `orchestrator.trainer.fit` on `configs/demo.yaml` (the tiny CLIP,
+Four rows, each trained from scratch by `orchestrator.training.job.fit` on `configs/demo.yaml` (the tiny CLIP,
 random init, 2 CPU workers) with the same step budget and seed, then scored once on the test split (36
 videos, 72 captions, combinations of shape, colour and path never seen in training) from the checkpoint
 with the best validation t2v R@1:
@@ -197,7 +197,7 @@ def score(ckpt, run, test: dict) -> dict[str, float]:
     import torch
 
     from model import build_model, normalize_frames, retrieval_metrics, tokenize
-    from orchestrator.checkpoint import load_weights
+    from orchestrator.training.checkpoint import load_weights
 
     model = build_model(run.model)
     with ckpt.as_directory() as folder:
@@ -311,7 +311,7 @@ def main() -> int:
     print(f"workdir {workdir}; rows {args.rows}; seeds {args.seeds}; {what}", flush=True)
 
     from orchestrator.ray_runtime import connect
-    from orchestrator.trainer import fit
+    from orchestrator.training.job import fit
 
     print(f"Ray: {connect(dashboard=False)}", flush=True)
     results: list[dict] = []

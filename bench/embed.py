@@ -45,10 +45,10 @@ import torch  # noqa: E402
 from library.embed import EmbedConfig, embed_library, pool  # noqa: E402
 from library.source import resolve  # noqa: E402
 from model import ModelConfig, build_model, normalize_frames  # noqa: E402
-from orchestrator import checkpoint  # noqa: E402
 from orchestrator.config import RunConfig, TrainConfig  # noqa: E402
 from orchestrator.config_io import dump_config  # noqa: E402
-from orchestrator.step import autocast_for, build_optimisation  # noqa: E402
+from orchestrator.training import checkpoint  # noqa: E402
+from orchestrator.training.step import autocast_for, build_optimisation  # noqa: E402
 from pipelines.cache import build_cache, open_cache  # noqa: E402
 from pipelines.config import DataConfig  # noqa: E402
 from pipelines.sampling import frame_indices  # noqa: E402

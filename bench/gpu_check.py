@@ -6,14 +6,14 @@
 Sections (each can be left out with --skip NAME):
 
   agreement   the training losses and the video/text embeddings of one seeded batch on CPU fp32 (the
-              reference), GPU fp32 with TF32 off, with TF32 on (as train_loop.py sets it) and GPU bf16
+              reference), GPU fp32 with TF32 off, with TF32 on (as recipe.py sets it) and GPU bf16
               autocast, for the tiny model and ViT-B/32 (random init); each within TOLERANCES.
-  checkpoint  2 training steps on the GPU, `orchestrator.checkpoint.save`, a fresh model on the GPU and a
+  checkpoint  2 training steps on the GPU, `training.checkpoint.save`, a fresh model on the GPU and a
               fresh optimisation, `checkpoint.load`: weights and optimiser state equal, every optimiser
               state tensor on its parameter's device, a third step runs with a finite loss equal to the one
               the uninterrupted run gets.
   throughput  ViT-B/32 and ViT-B/16 (random init, nothing downloaded), the training step of
-              `orchestrator/step.py` in bf16 autocast: samples/s, FLOPs per step (FlopCounterMode over one
+              `training/step.py` in bf16 autocast: samples/s, FLOPs per step (FlopCounterMode over one
               forward + backward), MFU against the card's peak dense bf16 FLOP/s, peak GPU memory. An
               out-of-memory batch is reported and retried at half the size. A video is 6 frames at 224 px:
               training samples one group of frames_per_group frames (evaluation uses two groups, 12).
@@ -75,8 +75,8 @@ THIRD_PARTY = {
 }
 PROJECT = (
     "model",
-    "orchestrator.step",
-    "orchestrator.checkpoint",
+    "orchestrator.training.step",
+    "orchestrator.training.checkpoint",
     "orchestrator.ray_runtime",
     "pipelines.synth",
     "pipelines.cache",
@@ -92,7 +92,7 @@ TOLERANCES = {
     # tiny model's embeddings by ~1e-3 (measured on the CPU) and TF32 by roughly 8x less, so 1e-4, not
     # a looser 1e-3, is what tells true fp32 from a TF32 leak.
     "fp32": {"embedding_max_abs_diff": 1e-4, "loss_rel_diff": 1e-4},
-    # TF32 (what train_loop.py enables on a GPU) keeps 10 mantissa bits of the matmul inputs.
+    # TF32 (what recipe.py enables on a GPU) keeps 10 mantissa bits of the matmul inputs.
     "tf32": {"embedding_min_cosine": 0.999, "loss_rel_diff": 1e-2},
     # bf16 keeps 8 mantissa bits; the contrastive logits and the cross-entropies stay in fp32.
     "bf16": {"embedding_min_cosine": 0.99, "loss_rel_diff": 5e-2},
@@ -285,9 +285,9 @@ def make_batch(model, videos: int, frames: int, seed: int) -> dict:
 def train_step(model, opt, batch: dict, device, autocast, grad_clip: float):
     """The training loop's step (grad_accum 1): forward, backward, clip, AdamW, schedule, logit clamp.
 
-    Returns the loss as a tensor on the device: like train_loop.py, nothing here waits for the GPU.
+    Returns the loss as a tensor on the device: like recipe.py, nothing here waits for the GPU.
     """
-    from orchestrator.step import forward_losses
+    from orchestrator.training.step import forward_losses
 
     losses = forward_losses(model, batch, device, autocast)
     opt.backward(losses["loss"])
@@ -387,7 +387,7 @@ def embed_and_losses(model, batch: dict, device, precision: str, tf32_on: bool) 
     import torch
 
     from model import normalize_frames
-    from orchestrator.step import autocast_for, forward_losses
+    from orchestrator.training.step import autocast_for, forward_losses
 
     autocast = autocast_for(precision, device)
     context = tf32(tf32_on) if device.type == "cuda" else contextlib.nullcontext()
@@ -424,8 +424,8 @@ def checkpoint_round_trip(section: Section, args, device) -> None:
     import torch
 
     from model import create_model
-    from orchestrator import checkpoint
-    from orchestrator.step import autocast_for, build_optimisation
+    from orchestrator.training import checkpoint
+    from orchestrator.training.step import autocast_for, build_optimisation
 
     precision = args.precision
     # Learning rates far above the paper's, so that two steps visibly move every weight and moment.
@@ -434,7 +434,7 @@ def checkpoint_round_trip(section: Section, args, device) -> None:
     frames = training_frames()
 
     def fresh(seed: int):
-        # The order train_loop.set_up_model uses: on the device first, then the optimiser (fused AdamW on
+        # The order recipe.set_up_model uses: on the device first, then the optimiser (fused AdamW on
         # a GPU) and the load, which puts each state tensor beside its parameter.
         torch.manual_seed(seed)
         model = create_model("tiny").to(device)
@@ -569,7 +569,7 @@ def throughput(section: Section, args, device) -> None:
         while True:
             oom = False
             try:
-                with tf32(device.type == "cuda"):  # as train_loop.py sets it on a GPU
+                with tf32(device.type == "cuda"):  # as recipe.py sets it on a GPU
                     result = measure_model(name, batch, frames, args, device, peak)
             except torch.cuda.OutOfMemoryError:  # a subclass of RuntimeError, raised only by CUDA
                 oom = True
@@ -611,7 +611,7 @@ def measure_model(name: str, batch_size: int, frames: int, args, device, peak: f
     import torch
 
     from model import create_model
-    from orchestrator.step import autocast_for, build_optimisation
+    from orchestrator.training.step import autocast_for, build_optimisation
 
     torch.manual_seed(args.seed)
     model = create_model(name, pretrained=None).to(device)  # random init: nothing is read or downloaded
@@ -665,7 +665,7 @@ def count_step_flops(model, batch: dict, device, autocast) -> tuple[int, int]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from orchestrator.step import forward_losses
+    from orchestrator.training.step import forward_losses
 
     forward, backward = FlopCounterMode(display=False), FlopCounterMode(display=False)
     with sdpa_kernel(SDPBackend.MATH):
@@ -686,7 +686,7 @@ def data_wait(section: Section, args, device, workdir: Path) -> None:
 
     from model import create_model
     from orchestrator.ray_runtime import connect
-    from orchestrator.step import autocast_for, build_optimisation
+    from orchestrator.training.step import autocast_for, build_optimisation
     from pipelines.cache import build_cache
     from pipelines.config import DataConfig
     from pipelines.dataset import prepare_data, train_dataset
@@ -735,15 +735,15 @@ def data_wait(section: Section, args, device, workdir: Path) -> None:
         opt = build_optimisation(model, cfg, total_steps=args.data_steps)
         autocast = autocast_for(args.precision, device)
 
-        # As train_loop.py measures it: the wait is from the end of one step to the next batch in hand
+        # As recipe.py measures it: the wait is from the end of one step to the next batch in hand
         # (an epoch's first wait includes restarting the pipeline); the step ends when its loss is read.
         waits, step_times, losses, epochs = [], [], [], 0
         dtypes = {"frames": torch.uint8, "tokens": torch.long, "video_index": torch.long}
-        with tf32(device.type == "cuda"):  # as train_loop.py sets it on a GPU
+        with tf32(device.type == "cuda"):  # as recipe.py sets it on a GPU
             while len(losses) < args.data_steps:
                 epochs += 1
                 tick = time.perf_counter()
-                for batch in dataset.iter_torch_batches(  # as train_loop.py feeds a GPU
+                for batch in dataset.iter_torch_batches(  # as recipe.py feeds a GPU
                     batch_size=args.data_batch_size,
                     drop_last=True,
                     prefetch_batches=4 if device.type == "cuda" else 2,

@@ -22,14 +22,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Run inside each tree: the step as train_loop.py runs it on a CPU. Old trees read each loss part with
+# Run inside each tree: the step as recipe.py runs it on a CPU. Old trees read each loss part with
 # .item() per step, new ones keep them on the device; both are read once per step here, as a logging
 # step every step would, so the comparison is of the step itself.
 STEP = r"""
 import json, sys, time, torch
 from model import create_model, tokenize
 from orchestrator.config import TrainConfig
-from orchestrator.step import autocast_for, build_optimisation, forward_losses
+from orchestrator.training.step import autocast_for, build_optimisation, forward_losses
 steps, batch_size, threads = map(int, sys.argv[1:4])
 torch.set_num_threads(threads)
 torch.manual_seed(0)

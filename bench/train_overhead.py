@@ -6,9 +6,9 @@ What is measured is the cost of Ray Train's worker and loop machinery, not of th
      the demo's random frames and crops) and kept in memory as uint8 tensors;
   2. "plain": this process runs the training step over exactly those batches (cycled, same order);
   3. "ray": a `TorchTrainer` with num_workers=1 (one process, like the plain loop) whose
-     train_loop_per_worker gets the same batches from the object store (`ray.put`) and runs the same step.
+     worker function gets the same batches from the object store (`ray.put`) and runs the same step.
 
-The step is the training loop's own, for one worker without gradient accumulation: `orchestrator/step.py`'s
+The step is the training loop's own, for one worker without gradient accumulation: `training/step.py`'s
 `forward_losses`, `Optimisation.backward` and `Optimisation.step` (autocast, normalize_frames, forward,
 backward, `.item()` of every loss part, clipping, AdamW, zero_grad, schedule, logit-scale clamp). The
 Ray side wraps the model with `ray.train.torch.prepare_model` as the real loop does. Both sides build the
@@ -22,7 +22,7 @@ looping process, and the fixed cost of a `fit()` (worker start, process group, t
 
 --gpu: when CUDA is available, the same comparison for ViT-B/32 at bf16 on one GPU in samples/s, then a
 real `fit` (Ray Data pipeline included) on the synthetic videos at 224 px whose logged samples/s and
-data-wait fraction (`Progress.step_metrics` in train_loop.py) are printed; without CUDA it says skipped.
+data-wait fraction (`Progress.step_metrics` in recipe.py) are printed; without CUDA it says skipped.
 
     .venv/bin/python bench/train_overhead.py [--steps 40] [--warmup 5] [--rounds 3] [--batches 8]
         [--batch-size 16] [--threads N] [--pipeline-steps 0] [--gpu] [--workdir DIR]
@@ -49,8 +49,8 @@ import torch  # noqa: E402
 
 from model import build_model  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
-from orchestrator.config_io import config_from_dict, config_to_dict, load_config  # noqa: E402
-from orchestrator.step import autocast_for, build_optimisation, forward_losses  # noqa: E402
+from orchestrator.config_io import load_config  # noqa: E402
+from orchestrator.training.step import autocast_for, build_optimisation, forward_losses  # noqa: E402
 
 DEMO = ROOT / "configs" / "demo.yaml"
 GPU_OVERRIDES = [  # ViT-B/32 at 224 px, bf16, one GPU
@@ -65,14 +65,14 @@ BATCH_DTYPES = {"frames": torch.uint8, "tokens": torch.long, "video_index": torc
 
 
 def make_state(run: RunConfig, total_steps: int, device: torch.device):
-    """Model (seeded), optimisation and autocast as train_loop_per_worker builds them."""
+    """Model (seeded), optimisation and autocast as the training recipe builds them."""
     torch.manual_seed(run.train.seed)  # rank 0's seed in the real loop
     model = build_model(run.model)
     return model, build_optimisation(model, run.train, total_steps), autocast_for(run.train.precision, device)
 
 
 def train_step(model, forward, opt, autocast, batch, device, grad_clip) -> dict:
-    """One optimiser step of train_loop.py's loop (grad_accum=1), on `forward` (the model or its DDP wrap)."""
+    """One optimiser step of recipe.py's loop (grad_accum=1), on `forward` (the model or its DDP wrap)."""
     losses = forward_losses(forward, batch, device, autocast)
     opt.backward(losses["loss"])
     sums = {k: v.item() for k, v in losses.items()}
@@ -117,7 +117,7 @@ def _busy_cpu_seconds() -> float:
 
 
 def ray_worker(config: dict) -> None:
-    """train_loop_per_worker of the Ray side: the same loop on the batches from the object store."""
+    """The Ray side's worker function: the same loop on the batches from the object store."""
     import ray
     import ray.train
     import ray.train.torch
@@ -126,7 +126,7 @@ def ray_worker(config: dict) -> None:
     default_threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     if config["threads"]:
         torch.set_num_threads(config["threads"])
-    run = config_from_dict(config["run"])
+    run = config["run"]
     # Copies: the object store hands out read-only shared-memory views; the plain side reads private memory.
     batches = [{k: v.clone() for k, v in b.items()} for b in ray.get(config["batches"])]
     device = ray.train.torch.get_device()
@@ -153,7 +153,7 @@ def run_ray(run: RunConfig, batches_ref, args, storage: Path, tag: str, cpus: fl
     trainer = TorchTrainer(
         ray_worker,
         train_loop_config={
-            "run": config_to_dict(run),
+            "run": run,
             "batches": batches_ref,
             "warmup": args.warmup,
             "steps": args.steps,
@@ -293,8 +293,8 @@ def pipeline_run(run: RunConfig, steps: int, workdir: Path, label: str) -> None:
     """A real `fit` (Ray Data decoding included); the samples/s and data-wait fraction its loop logged."""
     import mlflow
 
-    from orchestrator.tracking import find_run_by_name
-    from orchestrator.trainer import fit
+    from orchestrator.tracking.tracker import find_run_by_name
+    from orchestrator.training.job import fit
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     run = dataclasses.replace(

@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 
 from library import store
 from library.source import ModelSource
-from model.config import ConfigError, require
-from orchestrator.checkpoint import CONFIG_FILE, MODEL_FILE
+from model.config import ConfigError, ModelConfig, require
 from orchestrator.config import RunConfig
+from orchestrator.training.checkpoint import CONFIG_FILE, MODEL_FILE
 from pipelines.decode import DECODE_PLACEMENT, INFO_COLUMNS, decode_batch
 from pipelines.manifest import check_manifest
 from pipelines.video import file_identity
@@ -238,7 +238,6 @@ def embedding_dataset(
     import ray
     import ray.data
 
-    from orchestrator.config_io import config_to_dict
     from pipelines.dataset import decode_options
 
     actors, gpus = pool(config, use_gpu)
@@ -266,7 +265,7 @@ def embedding_dataset(
         .map_batches(
             _Embedder,
             fn_constructor_kwargs={
-                "run": config_to_dict(run),
+                "model": run.model,
                 "weights": weights if not isinstance(weights, Path) else str(weights),
                 "dtype": config.dtype,
                 "precision": precision,
@@ -344,19 +343,17 @@ def _spans(duration: float, segment: float | None, stride: float | None) -> list
 class _Embedder:
     """An actor of the pool: the model, on its GPU with autocast at `precision`, or on the CPU in fp32."""
 
-    def __init__(self, run: dict, weights, dtype: str, precision: str):
+    def __init__(self, model: ModelConfig, weights, dtype: str, precision: str):
         import contextlib
 
         import torch
 
         from model import build_model
-        from orchestrator import checkpoint
-        from orchestrator.config_io import config_from_dict
-        from orchestrator.step import autocast_for
+        from orchestrator.training import checkpoint
+        from orchestrator.training.step import autocast_for
 
-        config = config_from_dict(run)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = build_model(config.model)
+        self.model = build_model(model)
         # A weights file (an MLflow model's need not be called model.safetensors), or a training run's
         # checkpoint, wherever its storage is.
         with weights.as_directory() if not isinstance(weights, str) else contextlib.nullcontext(weights) as w:

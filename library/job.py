@@ -30,35 +30,35 @@ def embed_config(overrides: list[str], **given) -> EmbedConfig:
 def run_embed(args) -> int:
     from library.embed import embed_library
     from library.source import resolve
-    from orchestrator.ray_runtime import connect
-    from orchestrator.tracking import Tracker, resolve_tracking_uri
+    from orchestrator import console
+    from orchestrator.tracking.tracker import Tracker, resolve_tracking_uri
 
     config = embed_config(
         args.overrides, split=args.split, segment_seconds=args.segment_seconds, stride_seconds=args.stride
     )  # checked before Ray starts
     model = resolve(args.model, download_dir=args.out.parent / f".{args.out.name}-model")
-    print(f"Ray: {connect(args.address)}", flush=True)
-    uri = resolve_tracking_uri(None, Path.cwd())
-    tracker = Tracker.start(
-        uri,
-        EXPERIMENT,
-        args.out.name,
-        params={"model": args.model, "videos": str(args.videos), "out": str(args.out.absolute())}
-        | dataclasses.asdict(config),
-        tags={"promptswitch.model_digest": model.digest, "promptswitch.model_source": args.model},
-    )
-    try:
-        manifest = embed_library(model, args.videos, args.out, config, rebuild=args.rebuild)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    counts, job = manifest["counts"], manifest["last_job"]
-    tracker.log_metrics(
-        counts | {k: job[k] for k in ("videos_per_second", "model_busy_fraction", "seconds")}, step=0
-    )
-    tracker.log_dict_artifact(job["bad"], "bad_videos.json")
-    tracker.log_dict_artifact(manifest, "library_manifest.json")
-    tracker.finish("FINISHED")
+    with console.ray_session(args.address, args.out / "logs", args.verbose):
+        uri = resolve_tracking_uri(None, Path.cwd())
+        tracker = Tracker.start(
+            uri,
+            EXPERIMENT,
+            args.out.name,
+            params={"model": args.model, "videos": str(args.videos), "out": str(args.out.absolute())}
+            | dataclasses.asdict(config),
+            tags={"promptswitch.model_digest": model.digest, "promptswitch.model_source": args.model},
+        )
+        try:
+            manifest = embed_library(model, args.videos, args.out, config, rebuild=args.rebuild)
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
+        counts, job = manifest["counts"], manifest["last_job"]
+        tracker.log_metrics(
+            counts | {k: job[k] for k in ("videos_per_second", "model_busy_fraction", "seconds")}, step=0
+        )
+        tracker.log_dict_artifact(job["bad"], "bad_videos.json")
+        tracker.log_dict_artifact(manifest, "library_manifest.json")
+        tracker.finish("FINISHED")
     print(
         f"library {args.out}: {counts['videos']} videos, {counts['rows']} rows, {counts['bad_videos']} bad; "
         f"this run embedded {counts['embedded_now']} videos at {job['videos_per_second']:.1f} videos/s "

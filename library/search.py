@@ -69,7 +69,7 @@ class Library:
         if self._model is None:
             from library.source import resolve
             from model import build_model
-            from orchestrator import checkpoint
+            from orchestrator.training import checkpoint
 
             source = resolve(str(self.path / store.MODEL_DIR))
             self._model = build_model(source.run.model).eval()

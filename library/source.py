@@ -16,9 +16,9 @@ from pathlib import Path
 import yaml
 
 from model.config import ConfigError
-from orchestrator.checkpoint import CONFIG_FILE, MODEL_FILE
 from orchestrator.config import SELECTION_METRIC, RunConfig
 from orchestrator.config_io import config_from_dict
+from orchestrator.training.checkpoint import CONFIG_FILE, MODEL_FILE
 
 RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints and metrics
 

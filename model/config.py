@@ -2,14 +2,20 @@
 
 `ModelConfig` is the one object that describes a Prompt Switch model; the orchestrator's run config embeds it,
 so the same typed values flow from the command line into `build_model`.
+
+This module imports neither torch nor open_clip: a config is checked in the CLI before anything heavy loads,
+and Ray's controller processes unpickle configs without paying for torch. open_clip's architectures are read
+from the JSON files it ships.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import importlib.util
+import json
 from dataclasses import dataclass, field
-
-import open_clip
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -30,9 +36,21 @@ _LOCAL_CLIPS = {"tiny": TINY_CLIP}
 
 def available_clips() -> list[str]:
     """Names `create_model` accepts: our registered configs and open_clip's plain CLIP ViTs."""
-    return sorted(_LOCAL_CLIPS) + [
-        n for n in open_clip.list_models() if _is_plain_vit(open_clip.get_model_config(n))
-    ]
+    return sorted(_LOCAL_CLIPS) + sorted(n for n, cfg in _open_clip_configs().items() if _is_plain_vit(cfg))
+
+
+@functools.cache
+def _open_clip_configs() -> dict[str, dict]:
+    """open_clip's architecture registry, as it builds it: every JSON in its model_configs folder that has
+    the three sections of a CLIP config."""
+    spec = importlib.util.find_spec("open_clip")
+    folder = Path(spec.submodule_search_locations[0]) / "model_configs"
+    configs = {}
+    for path in folder.glob("*.json"):
+        cfg = json.loads(path.read_text())
+        if all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            configs[path.stem] = cfg
+    return configs
 
 
 def clip_config(name: str) -> dict:
@@ -44,7 +62,7 @@ def clip_config(name: str) -> dict:
             f"model.name={name!r}: hub and directory model names are not used; give an architecture name "
             "(e.g. ViT-B-32) and pass local weights with pretrained=PATH"
         )
-    cfg = open_clip.get_model_config(name)
+    cfg = copy.deepcopy(_open_clip_configs().get(name))
     if cfg is None:
         raise ConfigError(f"model.name={name!r} is unknown; allowed: {', '.join(available_clips())}")
     if not _is_plain_vit(cfg):

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from orchestrator import console
+
 
 def main(argv: list[str] | None = None) -> int:
     from model import ConfigError, WeightsError
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.batch_size=64")
         sub.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
         sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        _verbose_flag(sub)
         sub.set_defaults(run=run)
         if name == "train":
             sub.add_argument(
@@ -64,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", help="the sweep's name (default: the file's); the same name resumes it")
     sweep.add_argument("--samples", type=int, help="trials (default: the file's search.num_samples)")
     sweep.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+    _verbose_flag(sweep)
     sweep.set_defaults(run=_tune)
 
     embed = commands.add_parser("embed", help="embed a manifest's or a folder's videos into a library")
@@ -77,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--rebuild", action="store_true", help="embed everything again (another model)")
     embed.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     embed.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. batch_size=32 dtype=float16")
+    _verbose_flag(embed)
     embed.set_defaults(run=_embed)
     search = commands.add_parser("search", help="search a library by text, or for videos like one")
     search.add_argument("library", type=Path)
@@ -146,6 +151,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's and the libraries' own output here too (it always goes to the job's log file)",
+    )
+
+
+def _log_folder(storage_path: str, name: str) -> str:
+    """`logs/` in the folder `name` of `storage_path`; a run stored in the cloud keeps its logs on this
+    machine, in the working directory's `logs/name`."""
+    from orchestrator import storage
+
+    folder = storage.join(storage_path, name, "logs")
+    return folder if "://" not in folder else str(Path("logs", name).absolute())
+
+
 def _embed(args) -> int:
     from library.job import run_embed
 
@@ -185,31 +207,30 @@ def _train(args) -> int:
     if args.print_config:
         return 0
     from orchestrator.preflight import check_before_ray
-    from orchestrator.ray_runtime import connect
-    from orchestrator.resume import check_resume
-    from orchestrator.trainer import fit
+    from orchestrator.training.job import fit
+    from orchestrator.training.resume import check_resume
 
     check_before_ray(run, args.address)
     if moved := check_resume(run, fresh=args.fresh):
         print(f"The earlier run {run.name!r} was moved to {moved}", flush=True)
-    print(f"Ray: {connect(args.address)}", flush=True)
-    fit(run)
+    with console.ray_session(args.address, _log_folder(run.storage_path, run.name), args.verbose):
+        fit(run)
     return 0
 
 
 def _tune(args) -> int:
-    from orchestrator.sweep_config import load_sweep
+    from orchestrator.sweeps.config import load_sweep
 
     sweep = load_sweep(args.config, name=args.name, num_samples=args.samples)  # checked before Ray starts
-    from orchestrator.config_io import apply_overrides
     from orchestrator.preflight import check_before_ray
-    from orchestrator.ray_runtime import connect
-    from orchestrator.sweep import SweepInterrupted, run_sweep
+    from orchestrator.sweeps.sweep import SweepInterrupted, run_sweep
 
-    check_before_ray(apply_overrides(sweep.preset, sweep.base_overrides), args.address)
-    print(f"Ray: {connect(args.address)}", flush=True)
+    base = sweep.base()
+    check_before_ray(base, args.address)
+    logs = _log_folder(base.storage_path, f"{sweep.name}-trials")
     try:
-        outcomes = run_sweep(sweep)
+        with console.ray_session(args.address, logs, args.verbose):
+            outcomes = run_sweep(sweep)
     except SweepInterrupted as e:
         print(f"promptswitch: {e}", file=sys.stderr)
         return 130
@@ -220,21 +241,29 @@ def _eval(args) -> int:
     run = _load_run(args)
     if args.print_config:
         return 0
-    import ray.train
-
     from model import format_metrics_table
-    from orchestrator.cluster import check_run, cluster_shape
-    from orchestrator.ray_runtime import connect
-    from orchestrator.scoring import score_checkpoint
-    from orchestrator.tracking import resolve_tracking_uri
-    from pipelines.dataset import prepare_data
 
     if not (args.checkpoint / "model.safetensors").is_file():
         raise FileNotFoundError(f"{args.checkpoint} is not a promptswitch checkpoint (no model.safetensors)")
     from orchestrator.preflight import check_before_ray
 
     check_before_ray(run, args.address, splits=(args.split,))
-    connect(args.address)
+    logs = args.checkpoint.absolute().parent / "logs"  # the run's folder
+    with console.ray_session(args.address, logs, args.verbose, say=sys.stderr):
+        metrics = _score(run, args)
+    print(format_metrics_table(metrics), file=sys.stderr)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _score(run, args) -> dict[str, float]:
+    import ray.train
+
+    from orchestrator.cluster import check_run, cluster_shape
+    from orchestrator.tracking.tracker import resolve_tracking_uri
+    from orchestrator.training.scoring import score_checkpoint
+    from pipelines.dataset import prepare_data
+
     # Scoring runs in a task on any node: there, the checkpoint folder must be the same as here.
     uri = resolve_tracking_uri(run.tracking.tracking_uri, Path.cwd())
     checkpoint = str(args.checkpoint.absolute())
@@ -242,11 +271,7 @@ def _eval(args) -> int:
     data = prepare_data(run.data, run.model.frames_per_group)
     if args.split not in data.splits:
         raise FileNotFoundError(f"the manifest {run.data.manifest} has no {args.split} split")
-    ckpt = ray.train.Checkpoint.from_directory(checkpoint)
-    metrics = score_checkpoint(ckpt, run, data, args.split)
-    print(format_metrics_table(metrics), file=sys.stderr)
-    print(json.dumps(metrics, indent=1))
-    return 0
+    return score_checkpoint(ray.train.Checkpoint.from_directory(checkpoint), run, data, args.split)
 
 
 def _prepare(args) -> int:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from model.config import ModelConfig, require
-from orchestrator.grad_sync import COMPRESSIONS
 from pipelines.config import DataConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPRESSIONS = ("none", "bf16", "fp16")  # of DDP's gradient all-reduce (training/grad_sync.py)
 # What picks a run's best checkpoint and a sweep's best trial: validation text-to-video R@1.
 SELECTION_METRIC = "val_t2v_recall_at_1"
 

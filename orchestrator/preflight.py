@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from model.config import ConfigError
 from orchestrator.config import RunConfig
-from orchestrator.tracking import resolve_tracking_uri
+from orchestrator.tracking.tracker import resolve_tracking_uri
 from pipelines.manifest import check_manifest
 
 SERVER_TIMEOUT_S = 5.0

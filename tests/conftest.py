@@ -24,11 +24,11 @@ def trained(tmp_path_factory):
     run config names that dataset (72 videos, 18 of them the unseen test split).
     """
     from model import ModelConfig
-    from orchestrator import checkpoint
     from orchestrator.config import RunConfig, TrainConfig
     from orchestrator.config_io import dump_config
     from orchestrator.quickstart import train_tiny
-    from orchestrator.step import build_optimisation
+    from orchestrator.training import checkpoint
+    from orchestrator.training.step import build_optimisation
     from pipelines.config import DataConfig
     from pipelines.manifest import read_manifest
     from pipelines.synth import write_synthetic_dataset

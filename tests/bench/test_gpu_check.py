@@ -36,7 +36,8 @@ def test_a_missing_package_is_named_with_the_install_commands_in_order(gpu_check
 def test_a_project_module_that_does_not_import_is_named(gpu_check, capsys):
     assert gpu_check.check_requirements(third_party=["json"], project=["model.no_such_module"]) == 3
     assert "model.no_such_module" in capsys.readouterr().err
-    assert gpu_check.check_requirements(third_party=["json"], project=["model", "orchestrator.step"]) == 0
+    project = ["model", "orchestrator.training.step"]
+    assert gpu_check.check_requirements(third_party=["json"], project=project) == 0
 
 
 def test_known_cards_have_a_peak_and_others_need_the_argument(gpu_check):

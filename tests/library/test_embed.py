@@ -13,10 +13,10 @@ from library.embed import EmbedConfig, LibraryMismatch, _spans, embed_library, i
 from library.search import Library
 from library.source import resolve
 from model import ModelConfig, build_model
-from orchestrator import checkpoint
 from orchestrator.config import RunConfig, TrainConfig
 from orchestrator.config_io import dump_config
-from orchestrator.step import build_optimisation
+from orchestrator.training import checkpoint
+from orchestrator.training.step import build_optimisation
 from pipelines.config import DataConfig
 from pipelines.synth import render, write_video
 from pipelines.synthetic import VideoSpec

@@ -12,8 +12,8 @@ import yaml
 from orchestrator import cluster, storage
 from orchestrator.cluster import ClusterError, ClusterShape
 from orchestrator.config_io import load_config
-from orchestrator.sweep import trial_concurrency
-from orchestrator.sweep_config import load_sweep
+from orchestrator.sweeps.config import load_sweep
+from orchestrator.sweeps.sweep import trial_concurrency
 from tests.orchestrator.test_train import ROOT, command
 
 # cluster.yaml's node types as `ray up` writes them to the head, resources filled in from the instances.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,14 @@ def test_cwd_is_read_at_load_time(tmp_path, monkeypatch):
     second = load_config(CONFIGS / "demo.yaml")
     assert os.path.dirname(first.storage_path) == str(tmp_path)
     assert os.path.dirname(second.storage_path) == str(tmp_path / "elsewhere")
+
+
+def test_configs_and_the_worker_payload_import_without_torch():
+    # Ray Train's controller unpickles the payload: it must not pay for torch, MLflow or the model.
+    code = (
+        "import sys, orchestrator.config_io, orchestrator.training.payload; "
+        "print(sorted(m for m in ('torch', 'mlflow', 'open_clip') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
