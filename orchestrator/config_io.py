@@ -24,11 +24,32 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "tra
 
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> RunConfig:
-    """The YAML file at `path` (None: all defaults), then `overrides` such as `train.batch_size=64`."""
-    raw = {} if path is None else read_yaml(path, "config file")
+    """The YAML file at `path` (None: all defaults), then `overrides` such as `train.batch_size=64`.
+
+    A file may start from another: `base: paper.yaml` (relative to the file) is read first, and the file's
+    own keys replace the base's, key by key within each section.
+    """
+    return _resolve({} if path is None else read_preset(Path(path)), overrides)
+
+
+def read_preset(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The raw sections of the preset at `path`, its `base:` chain merged in."""
+    raw = read_yaml(path, "config file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, train:, tracking:)")
-    return _resolve(raw, overrides)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in _seen:
+        raise ConfigError(f"{path}: base: {base} leads back to itself ({' -> '.join(map(str, _seen))})")
+    merged = read_preset(base_path, (*_seen, path.resolve()))
+    for key, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merged[key] | value
+        else:
+            merged[key] = value
+    return merged
 
 
 def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:

@@ -20,7 +20,8 @@ from orchestrator.config_io import (
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("sweep-"))  # training presets
+# Training presets (not the sweeps, nor paper.yaml: the base the dataset presets start from).
+PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("sweep-") and p.stem != "paper")
 PAPER = [p for p in PRESETS if p.stem != "demo"]
 
 
@@ -51,6 +52,32 @@ def test_paper_presets_follow_spec(path):
     assert (c.model.caption_weight, c.model.caption_layers, c.model.frequent_word_weight) == (0.5, 2, 0.25)
     assert c.train.use_gpu and c.train.precision == "bf16" and c.train.eval_every_steps is None
     assert c.data.image_size == 224 and c.data.manifest.endswith(f"{path.stem.rsplit('-', 1)[0]}.parquet")
+
+
+def test_the_paper_presets_differ_only_in_their_data_and_backbone():
+    base = flatten_config(load_config(CONFIGS / "paper.yaml", ["data.manifest=x.parquet"]))
+    for path in PAPER:
+        preset = flatten_config(load_config(path))
+        differ = {k for k, v in preset.items() if v != base[k]}
+        assert differ <= {"name", "data.manifest", "model.name", "model.pretrained"}, path.stem
+
+
+def test_a_preset_starts_from_its_base_key_by_key(tmp_path):
+    (tmp_path / "bases").mkdir()
+    (tmp_path / "bases" / "base.yaml").write_text("name: base\ntrain: {epochs: 3, batch_size: 8}\n")
+    (tmp_path / "mine.yaml").write_text(
+        "base: bases/base.yaml\nname: mine\ndata: {manifest: m.parquet}\ntrain: {epochs: 7}\n"
+    )
+    c = load_config(tmp_path / "mine.yaml", ["train.seed=3"])
+    assert (c.name, c.train.epochs, c.train.batch_size, c.train.seed) == ("mine", 7, 8, 3)
+
+    (tmp_path / "loop.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+        load_config(tmp_path / "orphan.yaml")
 
 
 def test_demo_preset():
