@@ -1,4 +1,7 @@
-"""Auxiliary captioning head and its weighted loss (SPEC 3.3-3.4). Training only: never needed to embed."""
+"""Auxiliary captioning head and its weighted loss (docs/model.md §3.3-3.4).
+
+Training only: never needed to embed a video.
+"""
 
 from __future__ import annotations
 

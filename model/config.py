@@ -99,7 +99,7 @@ def _is_plain_vit(cfg: dict | None) -> bool:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything that shapes a Prompt Switch model. Defaults are the paper's (SPEC sections 2, 3 and 6)."""
+    """Everything that shapes a Prompt Switch model. Defaults are the paper's (docs/model.md §2-4)."""
 
     name: str = "ViT-B-32"
     frames_per_group: int = 6  # T: frames per group, and prompts per frame (the cube is T x T x width)

@@ -1,4 +1,4 @@
-"""Symmetric InfoNCE over the global batch (SPEC 3.2)."""
+"""Symmetric InfoNCE over the global batch (docs/model.md §3.2)."""
 
 from __future__ import annotations
 

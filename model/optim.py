@@ -1,4 +1,4 @@
-"""Optimiser parameter groups: pretrained CLIP weights vs the modules Prompt Switch adds (SPEC section 6)."""
+"""Optimiser parameter groups: CLIP's weights vs the modules Prompt Switch adds (docs/model.md §4)."""
 
 from __future__ import annotations
 

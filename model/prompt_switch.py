@@ -1,6 +1,6 @@
 """Prompt Switch on an open_clip CLIP: the prompt cube, the per-layer switch and prompt aggregation.
 
-Vision forward (SPEC section 2), for groups of T frames with N = T prompts per frame:
+Vision forward (docs/model.md §2), for groups of T frames with N = T prompts per frame:
   patches + class token + positions -> ln_pre -> append row t of the cube to frame t
   -> every block: LN1, switch the prompt part of the LN output only, per-frame attention, residual, MLP
   -> class token += attention over the group's T*N prompt tokens -> ln_post -> projection.
@@ -36,7 +36,7 @@ def switch_prompts(h: torch.Tensor, frames_per_group: int) -> torch.Tensor:
 
 
 class PromptAggregation(nn.Module):
-    """Each frame's class token attends to all T x N prompt tokens of its group (SPEC 2.5)."""
+    """Each frame's class token attends to all T x N prompt tokens of its group (docs/model.md §2.5)."""
 
     def __init__(self, width: int, frames_per_group: int):
         super().__init__()

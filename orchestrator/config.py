@@ -19,7 +19,7 @@ SELECTION_METRIC = "val_t2v_recall_at_1"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and the Ray Train job. Defaults are the paper's (SPEC section 6)."""
+    """Optimisation and the Ray Train job. Defaults are the paper's (docs/model.md §4)."""
 
     epochs: int = 5
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs, the demo)

@@ -13,9 +13,9 @@ CACHE_FORMATS = ("jpeg", "raw")
 class DataConfig:
     manifest: str = ""  # Parquet manifest from `promptswitch data prepare` or `data synth`
     image_size: int | None = None  # crop fed to the model: its input size, which RunConfig fills in
-    train_groups: int = 1  # groups of frames_per_group frames per training sample (SPEC: one)
+    train_groups: int = 1  # groups of frames_per_group frames per training sample (docs/data.md §1: one)
     eval_groups: int = 2  # evaluation: two independent groups spanning the video
-    train_crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop's area range (SPEC 4.2)
+    train_crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop's area range (docs/data.md §2)
     train_flip_p: float = 0.5  # horizontal flip; 0 where captions name left and right (the synthetic data)
     max_bad_fraction: float = 0.01  # more bad videos than this fails the run, fewer are dropped and reported
     decode_batch_size: int = 8  # videos per Ray Data decode task

@@ -1,4 +1,4 @@
-"""Ray Data datasets of decoded frames, one per split (SPEC 4).
+"""Ray Data datasets of decoded frames, one per split (docs/data.md).
 
 Rows stay tiny (paths and captions) until a Ray Data task on a CPU worker decodes the sampled frames of a few
 videos with decord (or reads them from the preprocessing cache), crops them and ships uint8 frames through the

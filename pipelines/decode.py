@@ -1,4 +1,4 @@
-"""The Ray Data task that decodes, samples and crops the frames of a few videos (SPEC 4.1-4.2).
+"""The Ray Data task that decodes, samples and crops the frames of a few videos (docs/data.md §1-2).
 
 Kept apart, with its heavy imports (torch, decord, the tokenizer) inside the functions: Ray Data's and Ray
 Train's coordinating actors import the module of this function to unpickle the dataset, and so stay small

@@ -1,6 +1,6 @@
 """The manifest: one Arrow table of (video, caption) pairs that every dataset reader produces.
 
-One row per caption, so a training epoch is one sample per pair (SPEC 4.3). Paths are absolute, so a
+One row per caption, so a training epoch is one sample per pair (docs/data.md §3). Paths are absolute, so a
 manifest can be used from any working directory and by any Ray worker on a shared filesystem.
 """
 

@@ -1,4 +1,4 @@
-"""Which frames of a video to decode (SPEC 4.1)."""
+"""Which frames of a video to decode (docs/data.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frame transforms (SPEC 4.2), run on CPU workers on uint8 frames; the trainer gets uint8 (F, 3, S, S).
+"""Frame transforms (docs/data.md §2), on CPU workers on uint8 frames; the trainer gets uint8 (F, 3, S, S).
 
 The same crop and flip for every frame of a video. Training: RandomResizedCrop(size, scale 0.5-1.0,
 ratio 3/4-4/3) and a horizontal flip with p = 0.5, drawn from a numpy Generator so that a seed

@@ -1,4 +1,4 @@
-"""Decode video frames with decord, and judge whether a video file can be decoded at all (SPEC 4.1).
+"""Decode video frames with decord, and judge whether a video file can be decoded at all (docs/data.md §1).
 
 Only decord decodes: PyAV happily returns the frames of a half-truncated file without an error, so it
 cannot judge files. decord raises for bad files in its constructor (which reads the whole container

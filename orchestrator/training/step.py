@@ -104,7 +104,7 @@ def forward_losses(forward, batch: dict[str, torch.Tensor], device, autocast) ->
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):
-    """Linear warm-up over the first steps, then cosine decay to zero (SPEC 6), as a LambdaLR factor."""
+    """Linear warm-up over the first steps, then cosine decay to zero (docs/model.md §4): LambdaLR factors."""
     warmup = max(1, int(total_steps * warmup_fraction))
 
     def factor(step: int) -> float:

@@ -1,4 +1,4 @@
-"""The vision forward of SPEC section 2, checked against a loop-by-loop reference written from the text."""
+"""The vision forward of docs/model.md §2, checked against a loop-by-loop reference written from the text."""
 
 import pytest
 import torch
@@ -34,7 +34,7 @@ def with_random_aggregation(m):
 
 
 def reference_frame_features(m, video, aggregate=True):
-    """SPEC 2.3-2.5 with explicit loops over groups, frames and prompt slots."""
+    """docs/model.md §2.3-2.5 with explicit loops over groups, frames and prompt slots."""
     visual = m.clip.visual
     f = video.shape[1]
     x = visual._embeds(video[0])
