@@ -230,7 +230,7 @@ def _tune(args) -> int:
     logs = _log_folder(base.storage_path, f"{sweep.name}-trials")
     try:
         with console.ray_session(args.address, logs, args.verbose):
-            outcomes = run_sweep(sweep)
+            outcomes = run_sweep(sweep, verbose=args.verbose)
     except SweepInterrupted as e:
         print(f"promptswitch: {e}", file=sys.stderr)
         return 130

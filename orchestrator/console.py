@@ -27,7 +27,7 @@ from pathlib import Path
 MARK = "\u200b"
 
 # Loggers of the libraries whose records go to the log file rather than the console.
-LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "urllib3", "filelock", "fsspec", "py.warnings")
+LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "urllib3", "filelock", "fsspec", "py.warnings")
 
 _log = None  # the open log file of this process's job, once `job_log` has opened it
 _verbose = False
@@ -71,6 +71,8 @@ def job_log(folder: Path | str, verbose: bool = False):
     if verbose:
         logging.getLogger("py.warnings").addHandler(logging.StreamHandler(sys.stderr))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", str(verbose).lower())
+    # MLflow prints a link to each run it ends on a server: a sweep's server is gone when the sweep is.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     stderr = None if verbose else _point_stderr_at(_log)
     try:
         yield path

@@ -60,8 +60,14 @@ class TrialOutcome:
     error: str = ""
 
 
-def run_sweep(sweep: SweepConfig, project_dir: Path | None = None) -> list[TrialOutcome]:
-    """Run (or resume) `sweep`; returns its trials, best first, and prints the leaderboard."""
+def run_sweep(
+    sweep: SweepConfig, project_dir: Path | None = None, verbose: bool = False
+) -> list[TrialOutcome]:
+    """Run (or resume) `sweep`; returns its trials, best first, and prints the leaderboard.
+
+    The console shows each trial's progress and validation lines (under the trial's name) and the
+    leaderboard; `verbose` adds Tune's trial tables.
+    """
     base = sweep.base()
     project_dir = project_dir or Path.cwd()
     store = resolve_tracking_uri(base.tracking.tracking_uri, project_dir)
@@ -77,7 +83,7 @@ def run_sweep(sweep: SweepConfig, project_dir: Path | None = None) -> list[Trial
             f"MLflow sweep run {parent.run_id} ({'resumed' if parent_id else 'new'}) at {store}", flush=True
         )
         try:
-            results, interrupted = _fit(_tuner(sweep, data, uri, parent.run_id, shape))
+            results, interrupted = _fit(_tuner(sweep, data, uri, parent.run_id, shape, verbose))
             if interrupted:
                 raise SweepInterrupted(f"sweep {sweep.name!r} interrupted; the same command resumes it")
             outcomes = _outcomes(sweep, results, data, uri)
@@ -132,7 +138,7 @@ def _trial(params: dict, *, sweep: SweepConfig, data: PreparedData, uri: str, pa
 
 
 def _tuner(
-    sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str, shape: ClusterShape
+    sweep: SweepConfig, data: PreparedData, uri: str, parent_run_id: str, shape: ClusterShape, verbose: bool
 ) -> tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler
 
@@ -167,7 +173,7 @@ def _tuner(
             max_concurrent_trials=concurrency if sweep.algorithm == "tpe" else None,
         ),
         run_config=tune.RunConfig(
-            name=sweep.name, storage_path=root, storage_filesystem=filesystem, verbose=1
+            name=sweep.name, storage_path=root, storage_filesystem=filesystem, verbose=1 if verbose else 0
         ),
     )
 

@@ -87,6 +87,9 @@ def test_a_tiny_sweep_nests_its_trials_survives_a_failing_one_and_resumes(ray_lo
     assert "resuming the sweep" in result.stdout
     assert "Train the best configuration in full:" in result.stdout
     assert "failed:" in result.stdout and "larger than the training set" in result.stdout
+    # The console shows the trials' lines under their names; Tune's tables and MLflow's links are not shown.
+    assert "validation at step" in result.stdout and "sweep-test-" in result.stdout
+    assert "Trial status" not in result.stdout and "View run" not in result.stdout
 
     (parent,) = client.search_runs([experiment.experiment_id], "tags.`mlflow.runName` = 'sweep-test'")
     assert parent.info.status == "FINISHED"
