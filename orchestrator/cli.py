@@ -159,13 +159,12 @@ def _verbose_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _log_folder(storage_path: str, name: str) -> str:
-    """`logs/` in the folder `name` of `storage_path`; a run stored in the cloud keeps its logs on this
-    machine, in the working directory's `logs/name`."""
+def _log_folder(folder: str, name: str) -> str:
+    """`logs/` in a run's `folder`; a run stored in the cloud keeps its logs on this machine, in the working
+    directory's `logs/name`."""
     from orchestrator import storage
 
-    folder = storage.join(storage_path, name, "logs")
-    return folder if "://" not in folder else str(Path("logs", name).absolute())
+    return storage.join(folder, "logs") if not storage.is_uri(folder) else str(Path("logs", name).absolute())
 
 
 def _embed(args) -> int:
@@ -206,6 +205,7 @@ def _train(args) -> int:
     run = _load_run(args)
     if args.print_config:
         return 0
+    from orchestrator import storage
     from orchestrator.preflight import check_before_ray
     from orchestrator.training.job import fit
     from orchestrator.training.resume import check_resume
@@ -213,7 +213,7 @@ def _train(args) -> int:
     check_before_ray(run, args.address)
     if moved := check_resume(run, fresh=args.fresh):
         print(f"The earlier run {run.name!r} was moved to {moved}", flush=True)
-    with console.ray_session(args.address, _log_folder(run.storage_path, run.name), args.verbose):
+    with console.ray_session(args.address, _log_folder(storage.run_folder(run), run.name), args.verbose):
         fit(run)
     return 0
 
@@ -223,11 +223,11 @@ def _tune(args) -> int:
 
     sweep = load_sweep(args.config, name=args.name, num_samples=args.samples)  # checked before Ray starts
     from orchestrator.preflight import check_before_ray
-    from orchestrator.sweeps.sweep import SweepInterrupted, run_sweep
+    from orchestrator.sweeps.sweep import SweepInterrupted, run_sweep, trials_folder
 
     base = sweep.base()
     check_before_ray(base, args.address)
-    logs = _log_folder(base.storage_path, f"{sweep.name}-trials")
+    logs = _log_folder(trials_folder(sweep), sweep.name)
     try:
         with console.ray_session(args.address, logs, args.verbose):
             outcomes = run_sweep(sweep, verbose=args.verbose)

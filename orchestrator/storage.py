@@ -24,6 +24,11 @@ def location(storage_path: str) -> tuple[pafs.FileSystem | None, str]:
     return pafs.FileSystem.from_uri(storage_path)
 
 
+def run_folder(run) -> str:
+    """Where a run (a `RunConfig`) keeps its checkpoints and logs: its name under its storage path."""
+    return join(run.storage_path, run.name)
+
+
 def join(storage_path: str, *parts: str) -> str:
     """`storage_path` with `parts` appended to its path, a URI's query kept at the end."""
     base, _, query = storage_path.partition("?")

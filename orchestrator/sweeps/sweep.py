@@ -131,7 +131,7 @@ def _trial(params: dict, *, sweep: SweepConfig, data: PreparedData, uri: str, pa
 
     quiet_data_progress()  # this trial's process builds its datasets: no progress bars from it either
     name = f"{sweep.name}-{tune.get_context().get_trial_id()}"
-    run = sweep.trial_config(params, name, _trials_dir(sweep))
+    run = sweep.trial_config(params, name, trials_folder(sweep))
     tracker = open_tracking_run(run, data, uri, parent_run_id=parent_run_id)
     # Tune usually ends this process right after the last report: the driver closes the run (`_outcomes`).
     make_trainer(run, data, tracker, callbacks=[TuneReportCallback()], label=name).fit()
@@ -207,7 +207,7 @@ def _variants(sweep: SweepConfig, concurrency: int):
     return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrency)
 
 
-def _trials_dir(sweep: SweepConfig) -> str:
+def trials_folder(sweep: SweepConfig) -> str:
     return storage.join(sweep.base().storage_path, f"{sweep.name}-trials")
 
 
@@ -231,7 +231,7 @@ def _outcomes(sweep: SweepConfig, results, data: PreparedData, uri: str) -> list
         if error:
             status = "FAILED"
         else:
-            trial = sweep.trial_config(params, f"{sweep.name}-{trial_id}", _trials_dir(sweep))
+            trial = sweep.trial_config(params, f"{sweep.name}-{trial_id}", trials_folder(sweep))
             status = "FINISHED" if len(scores) >= planned_evaluations(trial, data) else "STOPPED"
         best = float(max(scores)) if len(scores) else None
         outcome = TrialOutcome(trial_id, params, status, best, len(scores), error)

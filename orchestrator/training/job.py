@@ -89,7 +89,7 @@ def open_tracking_run(
             )
     # A sweep's trial names are unique to it, so a trial always continues its run: it may have been cut
     # short before its Ray Train storage existed.
-    resuming = parent_run_id is not None or storage.exists(storage.join(run.storage_path, run.name))
+    resuming = parent_run_id is not None or storage.exists(storage.run_folder(run))
     run_id = find_run_by_name(uri, run.tracking.experiment, run.name) if resuming else None
     tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
     tracker = Tracker.start(
@@ -126,9 +126,7 @@ def make_trainer(
                 total_steps=total_steps(run, data),
                 tracking_uri=tracker.uri,
                 mlflow_run_id=tracker.run_id,
-                latest_checkpoint=storage.latest_checkpoint(
-                    storage.join(run.storage_path, run.name), checkpoint.CONFIG_FILE
-                ),
+                latest_checkpoint=storage.latest_checkpoint(storage.run_folder(run), checkpoint.CONFIG_FILE),
                 val_captions=data.splits["val"].captions.select(["video_index", "caption"]),
                 label=label,
             )

@@ -53,7 +53,7 @@ def check_resume(run: RunConfig, *, fresh: bool = False) -> str | None:
     """None when `run` starts new or may continue its stored run; with `fresh`, the stored run is moved
     aside first and its new place returned. Raises ResumeConflict when the configs differ where they may
     not."""
-    folder = storage.join(run.storage_path, run.name)
+    folder = storage.run_folder(run)
     if fresh and storage.exists(folder):
         return storage.move_aside(folder, time.strftime("replaced-%Y%m%d-%H%M%S"))
     latest = storage.latest_checkpoint(folder, CONFIG_FILE)

@@ -41,8 +41,10 @@ def test_a_bad_option_is_refused_before_ray_starts(tmp_path):
 def test_embed_search_and_eval_from_the_command_line_agree_on_recall(ray_local, trained, tmp_path):
     run, ckpt = trained
     lib = tmp_path / "lib"
+    # The commands join the session's cluster, as on a cluster, rather than each starting one of its own.
+    address = ("--address", ray_local.get_runtime_context().gcs_address)
     done = _run("embed", "--model", str(ckpt), "--manifest", run.data.manifest, "--out", str(lib), "--split",
-                "test", cwd=tmp_path)  # fmt: skip
+                "test", *address, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"library {lib}: 18 videos, 18 rows, 0 bad" in done.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -65,7 +67,7 @@ def test_embed_search_and_eval_from_the_command_line_agree_on_recall(ray_local, 
     assert json.loads(like.stdout.splitlines()[0])["video_path"] == records[0]["video_path"]
 
     scored = _run("eval", "--config", str(ckpt / "config.yaml"), "--checkpoint", str(ckpt), "--split", "test",
-                  cwd=tmp_path)  # fmt: skip
+                  *address, cwd=tmp_path)  # fmt: skip
     assert scored.returncode == 0, scored.stderr[-3000:]
     evaluated = json.loads(scored.stdout[scored.stdout.index("{") :])
     assert evaluated["videos_missing"] == 0

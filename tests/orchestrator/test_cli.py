@@ -1,4 +1,8 @@
-"""The `promptswitch` command as a user runs it: a real process, real files, a real local Ray cluster."""
+"""The `promptswitch` command as a user runs it: a real process, real files, a real local Ray cluster.
+
+The commands that work on Ray run in this process against the session's cluster (`in_process`): a new
+process would start a cluster of its own for each call, ten seconds apiece.
+"""
 
 import csv
 import json
@@ -25,6 +29,16 @@ def promptswitch(*args, cwd=None):
     )
 
 
+def in_process(capsys, *args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `promptswitch args` run here, on the Ray cluster already started."""
+    from orchestrator.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
@@ -44,7 +58,7 @@ def test_synth_is_deterministic_by_seed(synth, tmp_path):
 
 
 @pytest.mark.slow
-def test_check_reports_bad_videos_and_its_exit_status_follows_the_limit(synth, tmp_path):
+def test_check_reports_bad_videos_and_its_exit_status_follows_the_limit(ray_local, synth, tmp_path, capsys):
     bad = corrupt_copies(synth.parent, ("empty", "garbage"))
     table = read_manifest(synth)
     extra = pa.table(
@@ -59,26 +73,25 @@ def test_check_reports_bad_videos_and_its_exit_status_follows_the_limit(synth, t
     manifest = tmp_path / "with-bad.parquet"
     write_manifest(pa.concat_tables([table, extra]), manifest)
 
-    strict = promptswitch("data", "check", manifest)
-    assert strict.returncode == 1
-    report = json.loads(strict.stdout)
+    code, out, err = in_process(capsys, "data", "check", manifest)
+    assert code == 1
+    report = json.loads(out)
     assert report["total"] == 12 and report["ok"] == 10
     assert sorted(b["video"] for b in report["bad"]) == sorted(str(p) for p in bad.values())
-    assert "more than --max-bad-fraction" in strict.stderr
+    assert "more than --max-bad-fraction" in err
 
-    lenient = promptswitch("data", "check", manifest, "--max-bad-fraction", 0.5)
-    assert lenient.returncode == 0, lenient.stderr
+    code, _, err = in_process(capsys, "data", "check", manifest, "--max-bad-fraction", 0.5)
+    assert code == 0, err
 
 
 @pytest.mark.slow
-def test_cache_is_built_then_reused(synth, tmp_path):
-    first = promptswitch("data", "cache", synth, "--cache-dir", tmp_path / "cache", "--fps", 4)
-    assert first.returncode == 0, first.stderr
-    built = json.loads(first.stdout)
+def test_cache_is_built_then_reused(ray_local, synth, tmp_path, capsys):
+    code, out, err = in_process(capsys, "data", "cache", synth, "--cache-dir", tmp_path / "cache", "--fps", 4)
+    assert code == 0, err
+    built = json.loads(out)
     assert built["reused"] is False and built["ok"] == 10 and Path(built["cache"], "index.parquet").is_file()
-    second = json.loads(
-        promptswitch("data", "cache", synth, "--cache-dir", tmp_path / "cache", "--fps", 4).stdout
-    )
+    code, out, _ = in_process(capsys, "data", "cache", synth, "--cache-dir", tmp_path / "cache", "--fps", 4)
+    second = json.loads(out)
     assert second["reused"] is True and second["cache"] == built["cache"]
 
 

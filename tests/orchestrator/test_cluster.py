@@ -14,7 +14,7 @@ from orchestrator.cluster import ClusterError, ClusterShape
 from orchestrator.config_io import load_config
 from orchestrator.sweeps.config import load_sweep
 from orchestrator.sweeps.sweep import trial_concurrency
-from tests.orchestrator.test_train import ROOT, command
+from tests.orchestrator.training.test_job import ROOT, command
 
 # cluster.yaml's node types as `ray up` writes them to the head, resources filled in from the instances.
 BOOTSTRAP = {
@@ -152,7 +152,8 @@ def test_a_run_that_cannot_work_on_the_cluster_is_refused_before_training(synth,
     assert f"tracking.tracking_uri={store} is a folder on the driver's disk" in done.stderr
     assert f"storage_path: {tmp_path / 'runs'} is on this machine's own disk" in done.stderr
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "runs" / "refused").exists()
+    # Refused before training: the run's folder holds the job's log (which names the refusal), nothing else.
+    assert [p.name for p in (tmp_path / "runs" / "refused").iterdir()] == ["logs"]
     assert sys.executable  # the project's interpreter ran it
 
 

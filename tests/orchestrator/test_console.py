@@ -35,9 +35,11 @@ def test_library_logs_warnings_and_file_descriptor_2_go_to_the_log(tmp_path, cap
 
 def test_verbose_shows_the_libraries_output_as_well(tmp_path, capfd):
     with console.job_log(tmp_path, verbose=True) as log:
-        logging.getLogger("ray.data").warning("Execution plan of Dataset y")
-    assert "Execution plan of Dataset y" in capfd.readouterr().err
-    assert "Execution plan of Dataset y" in log.read_text()
+        warnings.warn("a library's deprecation", FutureWarning, stacklevel=1)
+        os.write(2, b"[E core_worker.cc] written by C++ to descriptor 2\n")
+    err = capfd.readouterr().err
+    assert "a library's deprecation" in err and "core_worker.cc" in err
+    assert "a library's deprecation" in log.read_text()
 
 
 @pytest.mark.distributed
