@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from pipelines.manifest import SCHEMA, write_manifest
 from pipelines.synthetic import VideoSpec, random_specs, render
+from pipelines.temporal import Sequence, render_sequence, twin_pairs
 from pipelines.video import DECORD_BAD_WIDTHS
 
 VIDEO_DIR = "videos"
@@ -27,6 +28,8 @@ MANIFEST_NAME = "manifest.parquet"
 CORRUPT_KINDS = ("empty", "garbage", "truncated", "damaged")
 
 _X264_OPTIONS = {"crf": "18", "threads": "1", "x264-params": "asm=0"}
+# qp 0 is x264's lossless mode: a frame decodes to exactly its yuv420p input wherever it sits in the file.
+_X264_LOSSLESS = _X264_OPTIONS | {"crf": "0", "qp": "0"}
 
 
 def paraphrase(spec: VideoSpec) -> str:
@@ -38,8 +41,13 @@ def video_encoder() -> str:
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int, *, codec: str | None = None) -> Path:
-    """Encode (F, H, W, 3) uint8 RGB frames (even H and W) as a yuv420p mp4, deterministically."""
+def write_video(
+    path: str | Path, frames: np.ndarray, fps: int, *, codec: str | None = None, lossless: bool = False
+) -> Path:
+    """Encode (F, H, W, 3) uint8 RGB frames (even H and W) as a yuv420p mp4, deterministically.
+
+    `lossless` (libx264 only): equal frames decode equal, in any file and at any position.
+    """
     path = Path(path)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
@@ -47,13 +55,15 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int, *, codec: str | 
     if height % 2 or width % 2:
         raise ValueError(f"yuv420p needs an even frame size, got {width}x{height}")
     codec = codec or video_encoder()
+    if lossless and codec != "libx264":
+        raise ValueError(f"lossless encoding needs libx264, which this PyAV build lacks (it has {codec})")
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = fps  # a key frame a second, as in real videos
         if codec == "libx264":
-            stream.options = dict(_X264_OPTIONS)
+            stream.options = dict(_X264_LOSSLESS if lossless else _X264_OPTIONS)
         else:
             stream.codec_context.thread_count = 1
             stream.bit_rate = 2_000_000
@@ -118,6 +128,49 @@ def write_synthetic_dataset(
             rows["video_path"].append(str(path))
             rows["caption"].append(caption)
             rows["split"].append(str(splits[i]))
+    manifest = out_dir / MANIFEST_NAME
+    write_manifest(pa.table(rows, schema=SCHEMA), manifest)
+    return manifest
+
+
+def twin_paraphrase(sequence: Sequence) -> str:
+    return f"first {sequence.first.caption}, and after it {sequence.then.caption}"
+
+
+def write_twin_dataset(
+    out_dir: str | Path,
+    pairs: int,
+    seed: int,
+    *,
+    test_pairs: int = 20,
+    val_pairs: int = 10,
+    frames: int = 48,
+    size: int = 64,
+    fps: int = 12,
+) -> Path:
+    """Write `pairs` order-twin pairs of videos (`pipelines.temporal`) to out_dir/videos/ and their manifest.
+
+    Twins always share a split: the test split holds `test_pairs` whole pairs, so every test video's twin
+    is a test video too. Each video has its caption and a paraphrase. Encoded losslessly, so a twin's
+    frames decode to exactly the video's frames in the other order.
+    """
+    out_dir = Path(out_dir).resolve()
+    if frames % 2:
+        raise ValueError(f"frames must be even (two halves), got {frames}")
+    if test_pairs + val_pairs >= pairs:
+        raise ValueError(f"{pairs} pairs leave none for training with {test_pairs} test and {val_pairs} val")
+    rows: dict[str, list[str]] = {name: [] for name in SCHEMA.names}
+    for i, pair in enumerate(twin_pairs(pairs, seed)):
+        split = "test" if i < test_pairs else "val" if i < test_pairs + val_pairs else "train"
+        for j, sequence in enumerate(pair):
+            video_id = f"twins-{i:04d}-{'ab'[j]}"
+            path = out_dir / VIDEO_DIR / f"{video_id}.mp4"
+            write_video(path, render_sequence(sequence, frames, size), fps, lossless=True)
+            for caption in (sequence.caption, twin_paraphrase(sequence)):
+                rows["video_id"].append(video_id)
+                rows["video_path"].append(str(path))
+                rows["caption"].append(caption)
+                rows["split"].append(split)
     manifest = out_dir / MANIFEST_NAME
     write_manifest(pa.table(rows, schema=SCHEMA), manifest)
     return manifest
