@@ -16,6 +16,7 @@ class Progress:
         self.total_steps, self.batch_size = total_steps, batch_size
         self.label = f"{label}  " if label else ""
         self.last_time, self.last_step = time.perf_counter(), None
+        self.windows = 0  # logging windows shown: the first holds the start-up, too slow to predict from
 
     def step_metrics(self, state, sums: dict, waited: float, optimizer, model, grad_sync) -> dict[str, float]:
         # One read of the device's values per logging window: the host waits for the GPU only here.
@@ -34,13 +35,15 @@ class Progress:
         return metrics
 
     def show_step(self, state, m: dict[str, float]) -> None:
+        self.windows += 1
         remaining = (self.total_steps - state.step) * self.batch_size / max(m["samples_per_second"], 1e-9)
+        eta = _duration(remaining) if self.windows > 1 or state.step == self.total_steps else "?"
         parts = "  ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in m.items() if k.startswith("loss_"))
         to_console(
             f"{self.label}epoch {state.epoch + 1}  step {state.step}/{self.total_steps}  "
             f"loss {m['loss']:.3f} ({parts})  "
             f"{m['samples_per_second']:.1f} samples/s  data wait {m['data_wait_fraction']:.0%}  "
-            f"ETA {_duration(remaining)}"
+            f"ETA {eta}"
         )
 
     def show_validation(self, state, scores: dict[str, float]) -> None:
