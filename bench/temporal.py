@@ -123,7 +123,7 @@ def train_row(row: str, seed: int, weights: Path, train: dict, test: dict, args)
         opt.backward(losses["loss"])
         opt.step(model, cfg.grad_clip)
         if step % args.eval_every == 0 or step == args.steps:
-            curve.append({"step": step, "loss": float(losses["loss"])} | evaluate(model, test))
+            curve.append({"step": step, "loss": losses["loss"].item()} | evaluate(model, test))
     return curve
 
 
