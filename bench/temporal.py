@@ -49,7 +49,7 @@ from orchestrator.image_pretraining import image_accuracy, pretrain_tiny_clip  #
 from orchestrator.training.step import autocast_for, build_optimisation, forward_losses  # noqa: E402
 from pipelines.manifest import read_manifest  # noqa: E402
 from pipelines.sampling import frame_indices  # noqa: E402
-from pipelines.synth import write_twin_dataset  # noqa: E402
+from pipelines.synth import twin_of, write_twin_dataset  # noqa: E402
 from pipelines.video import open_video  # noqa: E402
 
 T, FRAMES, SIZE = 6, 48, 64
@@ -75,7 +75,7 @@ def load_split(manifest: Path, split: str) -> dict:
     paths = {r["video_id"]: r["video_path"] for r in table}
     frames = np.stack([open_video(paths[v], short_side=SIZE).read(np.arange(FRAMES)) for v in ids])
     captions = [[r["caption"] for r in table if r["video_id"] == v] for v in ids]
-    twin = [index[v[:-1] + ("b" if v.endswith("a") else "a")] for v in ids]
+    twin = [index[twin_of(v)] for v in ids]
     return {
         "frames": torch.from_numpy(frames).permute(0, 1, 4, 2, 3).contiguous(),
         "captions": captions,

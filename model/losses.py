@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -85,3 +87,9 @@ def _all_gather_rows(x: torch.Tensor, equal_sizes: bool = False) -> tuple[torch.
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous())
     return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]), sizes
+
+
+@torch.no_grad()
+def clamp_logit_scale(clip, max_scale: float = 100.0) -> None:
+    """CLIP's temperature cap: `clip.logit_scale` at most ln `max_scale`, after every optimiser step."""
+    clip.logit_scale.clamp_(0, math.log(max_scale))

@@ -10,8 +10,6 @@ embedding is a function of the video alone and can be computed once, offline.
 
 from __future__ import annotations
 
-import math
-
 import open_clip
 import torch
 import torch.distributed as dist
@@ -21,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.caption import CaptionHead
 from model.config import ModelConfig
-from model.losses import contrastive_loss
+from model.losses import clamp_logit_scale, contrastive_loss
 
 
 def switch_prompts(h: torch.Tensor, frames_per_group: int) -> torch.Tensor:
@@ -159,10 +157,9 @@ class PromptSwitchCLIP(nn.Module):
         losses["loss"] = loss
         return losses
 
-    @torch.no_grad()
     def clamp_logit_scale(self, max_scale: float = 100.0) -> None:
         """CLIP's temperature cap, applied after every optimiser step."""
-        self.clip.logit_scale.clamp_(0, math.log(max_scale))
+        clamp_logit_scale(self.clip, max_scale)
 
     def _check_frames(self, frames: torch.Tensor) -> tuple[int, int]:
         if frames.ndim != 5 or frames.shape[2] != 3:

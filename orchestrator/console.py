@@ -32,6 +32,8 @@ LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "urllib3", "filelock", 
 _log = None  # the open log file of this process's job, once `job_log` has opened it
 _verbose = False
 _ray_print = None  # Ray's printer of worker output, while `route_worker_output` stands in for it
+# The name ray._private.worker.connect registers its printer of worker output under.
+_RAY_PRINTER = "ray_print_logs"
 
 
 def to_console(line: str) -> None:
@@ -110,8 +112,7 @@ def route_worker_output() -> None:
     import ray
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-    # Ray's own printer of worker output (ray._private.worker.connect registers it under this name).
-    (ray_print,) = [h for name, h in dispatcher.handlers if name == "ray_print_logs"] or [None]
+    (ray_print,) = [h for name, h in dispatcher.handlers if name == _RAY_PRINTER] or [None]
     if ray_print is None:  # connected with log_to_driver=False: nothing reaches this process
         return
     log, _ray_print = _log, ray_print
@@ -131,8 +132,8 @@ def route_worker_output() -> None:
 
     with contextlib.suppress(Exception):  # a private path of Ray's: worth a line, not a failure
         print(f"Ray's own logs: {ray._private.worker._global_node.get_logs_dir_path()}", file=log)
-    dispatcher.remove_handler("ray_print_logs")
-    dispatcher.add_handler("ray_print_logs", show)
+    dispatcher.remove_handler(_RAY_PRINTER)
+    dispatcher.add_handler(_RAY_PRINTER, show)
 
 
 def _restore_worker_output() -> None:
@@ -140,8 +141,8 @@ def _restore_worker_output() -> None:
     if _ray_print is not None:
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-        dispatcher.remove_handler("ray_print_logs")
-        dispatcher.add_handler("ray_print_logs", _ray_print)
+        dispatcher.remove_handler(_RAY_PRINTER)
+        dispatcher.add_handler(_RAY_PRINTER, _ray_print)
         _ray_print = None
 
 

@@ -19,6 +19,7 @@ import torch
 
 from model import contrastive_loss, normalize_frames, tokenize
 from model.config import clip_config
+from model.losses import clamp_logit_scale
 from pipelines.temporal import all_things, render_thing
 
 SIZE = 64  # the tiny CLIP's input size
@@ -48,8 +49,7 @@ def pretrain_tiny_clip(
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
         optimiser.step()
         schedule.step()
-        with torch.no_grad():
-            clip.logit_scale.clamp_(max=np.log(100))
+        clamp_logit_scale(clip)
         if step % 100 == 0 or step == steps:
             rate = step * len(pick) / (time.perf_counter() - start)
             log(f"image pretraining step {step}/{steps}  loss {loss.item():.3f}  {rate:.0f} images/s")

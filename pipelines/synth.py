@@ -12,6 +12,7 @@ one thread, which made 1,200 encodes of 36 videos identical; `mpeg4`, the fallba
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import av
@@ -118,16 +119,26 @@ def write_synthetic_dataset(
     splits[order[:n_test]] = "test"
     splits[order[n_test : n_test + n_val]] = "val"
 
+    rendered = (
+        (f"synth-{i:04d}", render(spec, frames, size), (spec.caption, paraphrase(spec)), str(splits[i]))
+        for i, spec in enumerate(specs)
+    )
+    return _write_dataset(out_dir, rendered, fps, codec=codec)
+
+
+def _write_dataset(
+    out_dir: Path, videos: Iterable[tuple[str, np.ndarray, tuple[str, ...], str]], fps: int, **encoding
+) -> Path:
+    """Each (video_id, frames, captions, split) as out_dir/videos/<video_id>.mp4, and the manifest of them
+    all: a row per caption."""
     rows: dict[str, list[str]] = {name: [] for name in SCHEMA.names}
-    for i, spec in enumerate(specs):
-        video_id = f"synth-{i:04d}"
-        path = out_dir / VIDEO_DIR / f"{video_id}.mp4"
-        write_video(path, render(spec, frames, size), fps, codec=codec)
-        for caption in (spec.caption, paraphrase(spec)):
+    for video_id, frames, captions, split in videos:
+        path = write_video(out_dir / VIDEO_DIR / f"{video_id}.mp4", frames, fps, **encoding)
+        for caption in captions:
             rows["video_id"].append(video_id)
             rows["video_path"].append(str(path))
             rows["caption"].append(caption)
-            rows["split"].append(str(splits[i]))
+            rows["split"].append(split)
     manifest = out_dir / MANIFEST_NAME
     write_manifest(pa.table(rows, schema=SCHEMA), manifest)
     return manifest
@@ -154,26 +165,22 @@ def write_twin_dataset(
     is a test video too. Each video has its caption and a paraphrase. Encoded losslessly, so a twin's
     frames decode to exactly the video's frames in the other order.
     """
-    out_dir = Path(out_dir).resolve()
-    if frames % 2:
-        raise ValueError(f"frames must be even (two halves), got {frames}")
     if test_pairs + val_pairs >= pairs:
         raise ValueError(f"{pairs} pairs leave none for training with {test_pairs} test and {val_pairs} val")
-    rows: dict[str, list[str]] = {name: [] for name in SCHEMA.names}
-    for i, pair in enumerate(twin_pairs(pairs, seed)):
-        split = "test" if i < test_pairs else "val" if i < test_pairs + val_pairs else "train"
-        for j, sequence in enumerate(pair):
-            video_id = f"twins-{i:04d}-{'ab'[j]}"
-            path = out_dir / VIDEO_DIR / f"{video_id}.mp4"
-            write_video(path, render_sequence(sequence, frames, size), fps, lossless=True)
-            for caption in (sequence.caption, twin_paraphrase(sequence)):
-                rows["video_id"].append(video_id)
-                rows["video_path"].append(str(path))
-                rows["caption"].append(caption)
-                rows["split"].append(split)
-    manifest = out_dir / MANIFEST_NAME
-    write_manifest(pa.table(rows, schema=SCHEMA), manifest)
-    return manifest
+
+    def videos():
+        for i, pair in enumerate(twin_pairs(pairs, seed)):
+            split = "test" if i < test_pairs else "val" if i < test_pairs + val_pairs else "train"
+            for j, sequence in enumerate(pair):
+                captions = (sequence.caption, twin_paraphrase(sequence))
+                yield f"twins-{i:04d}-{'ab'[j]}", render_sequence(sequence, frames, size), captions, split
+
+    return _write_dataset(Path(out_dir).resolve(), videos(), fps, lossless=True)
+
+
+def twin_of(video_id: str) -> str:
+    """The video id of the twin of `video_id` in a `write_twin_dataset` manifest."""
+    return video_id[:-1] + ("b" if video_id.endswith("a") else "a")
 
 
 def corrupt_copies(

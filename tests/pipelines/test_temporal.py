@@ -7,7 +7,7 @@ import torch
 from model import ModelConfig, build_model, normalize_frames
 from pipelines.manifest import read_manifest
 from pipelines.sampling import frame_indices
-from pipelines.synth import write_twin_dataset
+from pipelines.synth import twin_of, write_twin_dataset
 from pipelines.temporal import Sequence, Thing, render_sequence, render_thing, twin_pairs
 from pipelines.video import open_video
 
@@ -63,8 +63,8 @@ def test_a_twin_dataset_keeps_twins_together_and_decodes_them_to_the_same_frames
     for row in manifest.to_pylist():
         videos.setdefault(row["video_id"], (row["split"], row["video_path"], []))[2].append(row["caption"])
     assert len(videos) == 12 and all(len(captions) == 2 for _, _, captions in videos.values())
-    for pair in {vid[:-2] for vid in videos}:
-        assert videos[f"{pair}-a"][0] == videos[f"{pair}-b"][0]  # twins share a split
+    for video_id, (split, _, _) in videos.items():
+        assert videos[twin_of(video_id)][0] == split  # twins share a split
     assert sorted(split for split, _, _ in videos.values()).count("test") == 4
 
     _, a_path, (a_caption, _) = videos["twins-0000-a"]
