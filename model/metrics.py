@@ -68,19 +68,33 @@ def retrieval_ranks(
     return _t2v_ranks(t2v_scores, caption_video, n_videos), _v2t_ranks(v2t_scores, caption_video, n_videos)
 
 
-def format_metrics_table(metrics: dict[str, float]) -> str:
-    """Fixed-width console table: a row per direction present (t2v, v2t, then DSL rows, marked as such)."""
+def chance_metrics(num_videos: int) -> dict[str, float]:
+    """What a random ranking of `num_videos` videos scores on t2v, in `retrieval_metrics`' keys: the one
+    positive is equally likely at every rank, so R@K = K / N and the median and mean rank are (N + 1) / 2."""
+    middle = (num_videos + 1) / 2
+    recalls = {f"t2v_recall_at_{k}": 100 * min(k, num_videos) / num_videos for k in RECALL_AT}
+    return recalls | {"t2v_median_rank": middle, "t2v_mean_rank": middle}
+
+
+def format_metrics_table(metrics: dict[str, float], num_videos: int | None = None) -> str:
+    """Fixed-width console table: a row per direction present (t2v, v2t, then DSL rows, marked as such),
+    and with `num_videos` a last row of what chance scores on t2v over that many videos."""
     columns = [f"R@{k}" for k in RECALL_AT] + ["MdR", "MnR"]
     lines = [f"{'':<8}" + "".join(f"{name:>8}" for name in columns)]
-    rows = [("t2v", "t2v_"), ("v2t", "v2t_"), ("t2v DSL", "dsl_t2v_"), ("v2t DSL", "dsl_v2t_")]
-    for label, prefix in rows:
-        if f"{prefix}recall_at_1" not in metrics:
+    rows = [("t2v", "t2v_", metrics), ("v2t", "v2t_", metrics)]
+    rows += [("t2v DSL", "dsl_t2v_", metrics), ("v2t DSL", "dsl_v2t_", metrics)]
+    if num_videos:
+        rows.append(("chance", "t2v_", chance_metrics(num_videos)))
+    for label, prefix, source in rows:
+        if f"{prefix}recall_at_1" not in source:
             continue
-        values = [metrics[f"{prefix}recall_at_{k}"] for k in RECALL_AT]
-        values += [metrics[f"{prefix}median_rank"], metrics[f"{prefix}mean_rank"]]
+        values = [source[f"{prefix}recall_at_{k}"] for k in RECALL_AT]
+        values += [source[f"{prefix}median_rank"], source[f"{prefix}mean_rank"]]
         lines.append(f"{label:<8}" + "".join(f"{value:>8.1f}" for value in values))
     if "dsl_t2v_recall_at_1" in metrics or "dsl_v2t_recall_at_1" in metrics:
         lines.append("DSL rows re-normalise over the whole query set: not a per-query retrieval result.")
+    if num_videos:
+        lines.append(f"chance: t2v by a random ranking of the {num_videos} videos.")
     return "\n".join(lines)
 
 

@@ -62,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint folder of a run")
             sub.add_argument("--split", default="test", choices=("train", "val", "test"))
 
+    pretrain = commands.add_parser(
+        "pretrain-tiny", help="pretrain the tiny CLIP on single frames: an open_clip checkpoint to fine-tune"
+    )
+    pretrain.add_argument("--out", required=True, type=Path, help="the checkpoint to write (.safetensors)")
+    pretrain.add_argument("--steps", type=int, default=400)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.set_defaults(run=_pretrain_tiny)
+
     sweep = commands.add_parser("tune", help="a Ray Tune sweep of prompt size and loss weights")
     sweep.add_argument("--config", required=True, type=Path, help="sweep YAML, e.g. configs/sweep-demo.yaml")
     sweep.add_argument("--name", help="the sweep's name (default: the file's); the same name resumes it")
@@ -132,6 +140,15 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--videos", type=int, default=144)
     synth.add_argument("--seed", type=int, default=24)
     synth.set_defaults(run=_synth)
+    twins = data_commands.add_parser(
+        "twins", help="write the order-twin dataset: each video's twin is its frames in the other order"
+    )
+    twins.add_argument("--out", required=True, type=Path)
+    twins.add_argument("--pairs", type=int, default=300, help="twin pairs, each two videos")
+    twins.add_argument("--test-pairs", type=int, default=100)
+    twins.add_argument("--val-pairs", type=int, default=20)
+    twins.add_argument("--seed", type=int, default=0)
+    twins.set_defaults(run=_twins)
 
     for name, helptext, run in (
         ("cache", "decode every video once into the preprocessing cache", _cache),
@@ -250,13 +267,14 @@ def _eval(args) -> int:
     check_before_ray(run, args.address, splits=(args.split,))
     logs = args.checkpoint.absolute().parent / "logs"  # the run's folder
     with console.ray_session(args.address, logs, args.verbose, say=sys.stderr):
-        metrics = _score(run, args)
-    print(format_metrics_table(metrics), file=sys.stderr)
+        metrics, num_videos = _score(run, args)
+    print(format_metrics_table(metrics, num_videos), file=sys.stderr)
     print(json.dumps(metrics, indent=1))
     return 0
 
 
-def _score(run, args) -> dict[str, float]:
+def _score(run, args) -> tuple[dict[str, float], int]:
+    """The checkpoint's metrics on the split, and how many videos they rank."""
     import ray.train
 
     from orchestrator.cluster import check_run, cluster_shape
@@ -271,7 +289,8 @@ def _score(run, args) -> dict[str, float]:
     data = prepare_data(run.data, run.model.frames_per_group)
     if args.split not in data.splits:
         raise FileNotFoundError(f"the manifest {run.data.manifest} has no {args.split} split")
-    return score_checkpoint(ray.train.Checkpoint.from_directory(checkpoint), run, data, args.split)
+    metrics = score_checkpoint(ray.train.Checkpoint.from_directory(checkpoint), run, data, args.split)
+    return metrics, len(data.splits[args.split].videos)
 
 
 def _prepare(args) -> int:
@@ -295,6 +314,31 @@ def _synth(args) -> int:
 
     manifest = write_synthetic_dataset(args.out, args.videos, args.seed)
     print(json.dumps({"manifest": str(manifest), "videos": args.videos}))
+    return 0
+
+
+def _twins(args) -> int:
+    from model.config import ConfigError
+    from pipelines.synth import write_twin_dataset
+
+    try:
+        manifest = write_twin_dataset(
+            args.out, args.pairs, args.seed, test_pairs=args.test_pairs, val_pairs=args.val_pairs
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(json.dumps({"manifest": str(manifest), "videos": 2 * args.pairs}))
+    return 0
+
+
+def _pretrain_tiny(args) -> int:
+    from orchestrator.image_pretraining import image_accuracy, pretrain_tiny_clip
+    from pipelines.temporal import all_things
+
+    out = pretrain_tiny_clip(args.out, steps=args.steps, seed=args.seed)
+    chance = 100 / len(all_things())
+    print(f"{out}: names the thing in an unseen frame {image_accuracy(out):.1f} % of the time "
+          f"(chance {chance:.1f} %)")  # fmt: skip
     return 0
 
 

@@ -122,6 +122,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # Printed under the test table: the figure to read the result against (a baseline's, the paper's).
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")

@@ -28,8 +28,12 @@ COLOURS = {
     "yellow": (230, 210, 40),
     "purple": (150, 60, 200),
     "white": (235, 235, 235),
+    # Neighbours of the colours above: at 64 px and under crops, naming a thing is not trivially solved.
+    "orange": (240, 140, 30),
+    "pink": (235, 120, 190),
+    "cyan": (40, 200, 220),
 }
-SHAPES = ("square", "circle", "triangle", "cross")
+SHAPES = ("square", "circle", "triangle", "cross", "diamond", "ring")
 
 
 @dataclass(frozen=True, order=True)
@@ -97,6 +101,10 @@ def _mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
         return dx**2 + dy**2 <= r**2
     if shape == "triangle":  # pointing up
         return (dy <= r) & (dy >= -r) & (abs(dx) <= (dy + r) / 2)
+    if shape == "diamond":
+        return abs(dx) + abs(dy) <= 1.2 * r
+    if shape == "ring":
+        return (dx**2 + dy**2 <= r**2) & (dx**2 + dy**2 >= (0.55 * r) ** 2)
     if shape == "cross":
         return ((abs(dx) <= r / 3) & (abs(dy) <= r)) | ((abs(dy) <= r / 3) & (abs(dx) <= r))
     raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")

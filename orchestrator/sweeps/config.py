@@ -1,7 +1,7 @@
 """A sweep: a training preset, the trials' budget, the search space, the search and early stopping.
 
     name: sweep-demo
-    base: demo.yaml                       # the training preset (relative to this file); the full budget
+    base: scratch.yaml                    # the training preset (relative to this file); the full budget
     base_overrides: []                    # key=value changes to it, kept in the best configuration
     trial_overrides: [train.max_steps=80] # each trial's shorter budget, not kept in the best configuration
     search: {algorithm: tpe, num_samples: 6, max_concurrent: null, seed: 0}
@@ -109,7 +109,7 @@ def load_sweep(path: str | Path, *, name: str | None = None, num_samples: int | 
     search, early = raw.get("search") or {}, raw.get("early_stopping") or {}
     _check_keys(search, _SEARCH_KEYS, "search")
     _check_keys(early, _EARLY_KEYS, "early_stopping")
-    require("base" in raw, "base", None, "the training preset the trials start from, e.g. demo.yaml")
+    require("base" in raw, "base", None, "the training preset the trials start from, e.g. scratch.yaml")
     base_path = (path.parent / str(raw["base"])).resolve()
     algorithm = search.get("algorithm", "tpe")
     if not base_path.is_file():

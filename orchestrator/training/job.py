@@ -22,6 +22,7 @@ from orchestrator.tracking.tracker import Tracker, find_run_by_name, log_best_mo
 from orchestrator.training import checkpoint
 from orchestrator.training.payload import WorkerPayload, run_worker
 from orchestrator.training.scoring import score_checkpoint
+from orchestrator.training.sharding import ShareValidation
 from pipelines.dataset import PreparedData, eval_dataset, prepare_data, train_dataset
 
 
@@ -61,7 +62,10 @@ def _train_and_score(run: RunConfig, data: PreparedData, tracker: Tracker) -> di
         test = score_checkpoint(best, run, data, "test")
         metrics = {f"test_{k}": v for k, v in test.items()}
         tracker.log_metrics(metrics, total_steps(run, data))
-        print("\ntest (best checkpoint by validation t2v R@1):\n" + format_metrics_table(test), flush=True)
+        table = format_metrics_table(test, num_videos=len(data.splits["test"].videos))
+        print("\ntest (best checkpoint by validation t2v R@1):\n" + table, flush=True)
+        if run.reference:
+            print(f"compare: {run.reference}", flush=True)
     tracker.log_dict_artifact(metrics | (result.metrics or {}), "final_metrics.json")
     log_training_plots(tracker, metrics)
     with best.as_directory() as folder:
@@ -155,23 +159,3 @@ def make_trainer(
         },
         dataset_config=ShareValidation(datasets_to_split=["train"]),
     )
-
-
-class ShareValidation(ray.train.DataConfig):
-    """Training pairs split evenly over the workers, as Ray Train does (every rank's step the same size);
-    the validation videos split unevenly, none dropped, so each worker embeds its share and none is lost.
-
-    Ray Train's own split of a dataset drops rows to make the shares equal: validation would lose videos.
-    """
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        shared = {k: v for k, v in datasets.items() if k != "val"}
-        output = super().configure(shared, world_size, worker_handles, worker_node_ids, **kwargs)
-        if "val" in datasets:
-            val = datasets["val"].copy(datasets["val"])
-            val.set_name("val")
-            val.context.execution_options = self.default_ingest_options()
-            hints = worker_node_ids if self._enable_shard_locality else None
-            for rank, share in enumerate(val.streaming_split(world_size, equal=False, locality_hints=hints)):
-                output[rank]["val"] = share
-        return output

@@ -42,6 +42,7 @@ MAY_CHANGE = (
     "tracking.experiment",
     "tracking.register_as",
     "tracking.alias",
+    "reference",
 )
 
 

@@ -256,7 +256,7 @@ mlflow_up || die "no MLflow server on the head"
 
 log "job 1: ray submit train.py (demo, $STEPS steps, pretrained weights, shared cache, s3:// checkpoints)"
 # `ray submit` joins the arguments into one shell line on the head: the URI's & must be quoted for it.
-in_head ray submit "$W/local.yaml" "$ROOT/train.py" -- --config promptswitch/configs/demo.yaml \
+in_head ray submit "$W/local.yaml" "$ROOT/train.py" -- --config promptswitch/configs/scratch.yaml \
     "name=$RUN" "data.manifest=$W/data/manifest.parquet" "'storage_path=$STORAGE'" \
     "model.pretrained=$W/weights/tiny-clip.pt" "data.cache_dir=$W/cache" "train.max_steps=$STEPS" \
     train.eval_every_steps=2 train.batch_size=8 train.cpus_per_worker=0.5 train.log_every_steps=1 \
@@ -270,7 +270,7 @@ in_head env "${S3_ENV[@]}" python -m tests.cluster.report check --address "$HEAD
 log "job 2: ray submit train.py --sweep (two trials, a sqlite store served by the job)"
 in_head tee "$W/sweep.yaml" > /dev/null << EOF
 name: cluster-sweep
-base: $H/promptswitch/configs/demo.yaml
+base: $H/promptswitch/configs/scratch.yaml
 base_overrides:
   - data.manifest=$W/data/manifest.parquet
   - data.cache_dir=$W/cache

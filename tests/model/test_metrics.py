@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model import metrics
-from model.metrics import RECALL_AT, format_metrics_table, retrieval_metrics, retrieval_ranks
+from model.metrics import RECALL_AT, chance_metrics, format_metrics_table, retrieval_metrics, retrieval_ranks
 
 
 def _ranks(sims, caption_video, **kwargs):
@@ -233,3 +233,20 @@ def test_table_shows_the_numbers_and_labels_dsl():
     assert lines[3].split() == ["t2v", "DSL", "100.0", "100.0", "100.0", "100.0", "1.0", "1.0"]
     assert lines[4].startswith("v2t DSL")
     assert "whole query set" in lines[5]
+
+
+def test_chance_is_what_random_scores_get():
+    gen = torch.Generator().manual_seed(3)
+    videos, captions = 40, 20_000
+    random = retrieval_metrics(torch.rand(captions, videos, generator=gen), torch.arange(captions) % videos)
+    chance = chance_metrics(videos)
+    assert chance["t2v_recall_at_1"] == 2.5 and chance["t2v_recall_at_50"] == 100.0
+    for key, value in chance.items():
+        assert random[key] == pytest.approx(value, rel=0.05), key
+
+
+def test_table_ends_with_chance_over_the_videos_ranked():
+    metrics = retrieval_metrics(torch.tensor(ONE_CAPTION_EACH), torch.arange(4))
+    lines = format_metrics_table(metrics, num_videos=4).splitlines()
+    assert lines[3].split() == ["chance", "25.0", "100.0", "100.0", "100.0", "2.5", "2.5"]
+    assert lines[4] == "chance: t2v by a random ranking of the 4 videos."

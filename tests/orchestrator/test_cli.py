@@ -151,3 +151,21 @@ def test_a_bad_value_is_named_before_any_work(synth, tmp_path):
     result = promptswitch("data", "cache", synth, "--short-side", 8, cwd=tmp_path)  # no model reads 8 px
     assert result.returncode == 2
     assert "data.cache_short_side=8" in result.stderr and "allowed: an integer >= 16" in result.stderr
+
+
+def test_the_order_twin_world_and_its_image_pretrained_clip(tmp_path):
+    made = promptswitch("data", "twins", "--out", tmp_path / "twins", "--pairs", 4, "--test-pairs", 1,
+                        "--val-pairs", 1)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    rows = read_manifest(json.loads(made.stdout)["manifest"]).to_pylist()
+    splits = {r["video_id"]: r["split"] for r in rows}
+    assert len(splits) == 8 and sorted(splits.values()).count("test") == 2  # one whole pair
+
+    refused = promptswitch("data", "twins", "--out", tmp_path / "no", "--pairs", 2, "--test-pairs", 1)
+    assert refused.returncode == 2 and "leave none for training" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    weights = tmp_path / "tiny-image-clip.safetensors"
+    pretrained = promptswitch("pretrain-tiny", "--out", weights, "--steps", 5)
+    assert pretrained.returncode == 0, pretrained.stderr
+    assert weights.is_file() and "chance 1.9 %" in pretrained.stdout  # 54 things to name

@@ -14,7 +14,7 @@ from orchestrator.cluster import ClusterError, ClusterShape
 from orchestrator.config_io import load_config
 from orchestrator.sweeps.config import load_sweep
 from orchestrator.sweeps.sweep import trial_concurrency
-from tests.orchestrator.training.test_job import ROOT, command
+from tests.orchestrator.training.test_job import ROOT, SCRATCH, command
 
 # cluster.yaml's node types as `ray up` writes them to the head, resources filled in from the instances.
 BOOTSTRAP = {
@@ -43,7 +43,7 @@ def test_a_sweep_plans_for_the_grown_cluster_not_the_present_one(ray_local, tmp_
     assert shape.ceiling["GPU"] == 4
     sweep = load_sweep(ROOT / "configs" / "sweep-demo.yaml")
     raw = yaml.safe_load((ROOT / "configs" / "sweep-demo.yaml").read_text())
-    raw["base"] = str(ROOT / "configs" / "demo.yaml")
+    raw["base"] = str(SCRATCH)
     raw["base_overrides"] = ["train.use_gpu=true", "train.precision=bf16"]
     (tmp_path / "gpu-sweep.yaml").write_text(yaml.safe_dump(raw))
     gpu_sweep = load_sweep(tmp_path / "gpu-sweep.yaml")
@@ -55,7 +55,7 @@ def test_a_sweep_plans_for_the_grown_cluster_not_the_present_one(ray_local, tmp_
 def test_one_machine_has_nothing_to_check(ray_local, tmp_path):
     shape = cluster.cluster_shape(tmp_path / "absent.yaml")
     assert not shape.multi_node
-    run = load_config(ROOT / "configs" / "demo.yaml", [f"storage_path={tmp_path}", "data.manifest=x.parquet"])
+    run = load_config(SCRATCH, [f"storage_path={tmp_path}", "data.manifest=x.parquet"])
     cluster.check_run(run, shape, "sqlite:///mlflow.db")
     assert cluster.tracking_host(shape) == "127.0.0.1"
 
@@ -64,7 +64,7 @@ def test_paths_are_probed_on_every_node(ray_local, tmp_path):
     node = cluster.cluster_shape(tmp_path / "absent.yaml").nodes[0]
     two = ClusterShape([node, node], {"CPU": 2})  # the same node twice: the probe runs on each
     run = load_config(
-        ROOT / "configs" / "demo.yaml",
+        SCRATCH,
         [f"storage_path={tmp_path / 'runs'}", "data.manifest=x.parquet", f"data.cache_dir={tmp_path / 'c'}"],
     )
     cluster.check_run(run, two, "http://10.0.0.5:5000")  # written folders seen by the node: fine
@@ -77,15 +77,13 @@ def test_paths_are_probed_on_every_node(ray_local, tmp_path):
 def test_local_disks_are_refused_where_the_autoscaler_may_add_nodes(ray_local, tmp_path):
     node = cluster.cluster_shape(tmp_path / "absent.yaml").nodes[0]
     growing = ClusterShape([node], {"CPU": 2}, can_grow=True)
-    run = load_config(ROOT / "configs" / "demo.yaml", [f"storage_path={tmp_path}", "data.manifest=x.parquet"])
+    run = load_config(SCRATCH, [f"storage_path={tmp_path}", "data.manifest=x.parquet"])
     fs = cluster.filesystem_type(str(tmp_path))
     assert not cluster.is_shared_filesystem(fs)  # the test machine's disk
     own_disk = rf"storage_path: {tmp_path} is on this machine's own disk \({fs}\)"
     with pytest.raises(ClusterError, match=own_disk):
         cluster.check_run(run, growing, "http://10.0.0.5:5000")
-    s3 = load_config(
-        ROOT / "configs" / "demo.yaml", ["storage_path=s3://bucket/runs", "data.manifest=x.parquet"]
-    )
+    s3 = load_config(SCRATCH, ["storage_path=s3://bucket/runs", "data.manifest=x.parquet"])
     cluster.check_run(s3, growing, "http://10.0.0.5:5000")  # checkpoints to S3: nothing local to share
 
 

@@ -22,13 +22,13 @@ from orchestrator.config_io import (
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # Training presets (not the sweeps, nor paper.yaml: the base the dataset presets start from).
 PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("sweep-") and p.stem != "paper")
-PAPER = [p for p in PRESETS if p.stem != "demo"]
+PAPER = [p for p in PRESETS if p.stem not in ("demo", "scratch")]
 
 
 def test_presets_exist():
     names = {p.stem for p in PRESETS}
     datasets = ("msrvtt-9k", "msrvtt-7k", "msvd", "lsmdc")
-    assert names == {"demo"} | {f"{d}-{a}" for d in datasets for a in ("b32", "b16")}
+    assert names == {"demo", "scratch"} | {f"{d}-{a}" for d in datasets for a in ("b32", "b16")}
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
@@ -80,8 +80,8 @@ def test_a_preset_starts_from_its_base_key_by_key(tmp_path):
         load_config(tmp_path / "orphan.yaml")
 
 
-def test_demo_preset():
-    c = load_config(CONFIGS / "demo.yaml")
+def test_scratch_preset():
+    c = load_config(CONFIGS / "scratch.yaml")
     assert (c.model.name, c.model.image_size, c.data.image_size, c.data.cache_short_side) == (
         "tiny",
         64,
@@ -93,9 +93,21 @@ def test_demo_preset():
     assert c.train.eval_every_steps == 50 and c.tracking.experiment == "promptswitch-demo"
 
 
+def test_the_demo_is_the_scratch_preset_fine_tuning_image_pretrained_weights_on_order_twins():
+    demo, scratch = (flatten_config(load_config(CONFIGS / f"{name}.yaml")) for name in ("demo", "scratch"))
+    changed = {key for key in demo if demo[key] != scratch[key]}
+    budget = {"train.epochs", "train.max_steps", "train.eval_every_steps"}
+    fine_tuning = {"model.pretrained", "train.clip_lr"}
+    assert changed == {"name", "data.manifest", "reference"} | budget | fine_tuning
+    assert demo["model.pretrained"].endswith("tiny-image-clip.safetensors")
+    assert demo["data.manifest"].endswith("twins/manifest.parquet")
+    assert float(demo["train.clip_lr"]) < float(demo["train.new_lr"])
+    assert "mean-pooled" in demo["reference"]  # printed under the test table, beside chance
+
+
 def test_overrides_of_each_type(tmp_path):
     c = load_config(
-        CONFIGS / "demo.yaml",
+        CONFIGS / "scratch.yaml",
         [
             "train.batch_size=64",  # int
             "train.new_lr=1e-5",  # float from a string (YAML reads 1e-5 as one)
@@ -176,7 +188,7 @@ def test_unknown_key_in_file(tmp_path):
 )
 def test_bad_overrides(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(CONFIGS / "demo.yaml", [override])
+        load_config(CONFIGS / "scratch.yaml", [override])
 
 
 def test_bad_values_in_file(tmp_path):
@@ -232,8 +244,8 @@ def test_flatten(tmp_path):
     assert flat["train.batch_size"] == "32" and flat["train.clip_lr"] == "1e-06"
     assert flat["train.betas"] == "[0.9, 0.999]" and flat["train.use_gpu"] == "true"
     assert flat["train.max_steps"] == "null" and flat["model.name"] == "ViT-B-32-quickgelu"
-    assert "model.clip" not in flat and len(flat) == 2 + sum(
-        len(v) for v in config_to_dict(c).values() if isinstance(v, dict)
+    assert "model.clip" not in flat and len(flat) == sum(
+        len(v) if isinstance(v, dict) else 1 for v in config_to_dict(c).values()
     )
     # every flattened parameter is a valid override giving back the same config
     assert load_config(None, [f"{k}={v}" for k, v in flat.items()]) == c
@@ -241,18 +253,19 @@ def test_flatten(tmp_path):
 
 def test_cwd_is_read_at_load_time(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    first = load_config(CONFIGS / "demo.yaml")
+    first = load_config(CONFIGS / "scratch.yaml")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    second = load_config(CONFIGS / "demo.yaml")
+    second = load_config(CONFIGS / "scratch.yaml")
     assert os.path.dirname(first.storage_path) == str(tmp_path)
     assert os.path.dirname(second.storage_path) == str(tmp_path / "elsewhere")
 
 
-def test_configs_and_the_worker_payload_import_without_torch():
-    # Ray Train's controller unpickles the payload: it must not pay for torch, MLflow or the model.
+def test_configs_the_worker_payload_and_the_sharding_import_without_torch():
+    # Ray's actors unpickle these (the payload, the datasets' sharding): they must not pay for torch, MLflow
+    # or the model.
     code = (
-        "import sys, orchestrator.config_io, orchestrator.training.payload; "
+        "import sys, orchestrator.config_io, orchestrator.training.payload, orchestrator.training.sharding; "
         "print(sorted(m for m in ('torch', 'mlflow', 'open_clip') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).parents[2]
 
 
 def _run(manifest, *overrides):
-    return load_config(ROOT / "configs" / "demo.yaml", [f"data.manifest={manifest}", *overrides])
+    return load_config(ROOT / "configs" / "scratch.yaml", [f"data.manifest={manifest}", *overrides])
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_gpus_asked_for_on_a_machine_without_them_are_refused(synth):
 )
 def test_the_command_refuses_them_in_seconds_without_starting_ray(synth, tmp_path, override):
     started = time.time()
-    argv = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "demo.yaml"),
+    argv = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "scratch.yaml"),
             f"data.manifest={synth}", f"storage_path={tmp_path / 'runs'}", override]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]

@@ -10,7 +10,7 @@ from orchestrator.config_io import load_config
 from orchestrator.sweeps.config import load_sweep
 
 ROOT = Path(__file__).parents[3]
-DEMO = ROOT / "configs" / "demo.yaml"
+DEMO = ROOT / "configs" / "scratch.yaml"
 
 
 def write(tmp_path, **fields) -> Path:

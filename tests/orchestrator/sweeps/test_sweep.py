@@ -25,7 +25,7 @@ def manifest(tmp_path_factory):
 def sweep_file(tmp_path, manifest) -> Path:
     sweep = {
         "name": "sweep-test",
-        "base": str(ROOT / "configs" / "demo.yaml"),
+        "base": str(ROOT / "configs" / "scratch.yaml"),
         "base_overrides": [
             f"data.manifest={manifest}",
             f"storage_path={tmp_path / 'runs'}",

@@ -18,7 +18,7 @@ ROOT = Path(__file__).parents[3]
 
 
 def _train(manifest, tmp_path, uri, *overrides, env=None):
-    argv = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "demo.yaml"),
+    argv = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "scratch.yaml"),
             "name=f", f"data.manifest={manifest}", f"storage_path={tmp_path / 'runs'}",
             f"tracking.tracking_uri={uri}", "train.batch_size=8", "train.log_every_steps=1",
             *overrides]  # fmt: skip

@@ -12,9 +12,11 @@ import yaml
 from mlflow import MlflowClient
 
 from orchestrator.config_io import config_from_dict, load_config
+from pipelines.manifest import read_manifest
 from tests.orchestrator.training.reference import reference_metrics
 
 ROOT = Path(__file__).parents[3]
+SCRATCH = ROOT / "configs" / "scratch.yaml"
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def command(manifest, tmp_path, name, *overrides):
         sys.executable,
         str(ROOT / "train.py"),
         "--config",
-        str(ROOT / "configs" / "demo.yaml"),
+        str(SCRATCH),
         f"name={name}",
         f"data.manifest={manifest}",
         f"storage_path={tmp_path / 'runs'}",
@@ -50,7 +52,8 @@ def runs_named(tmp_path, name):
 def test_a_short_training_logs_everything_to_mlflow(manifest, tmp_path):
     result = subprocess.run(
         command(manifest, tmp_path, "short", "train.max_steps=4", "train.eval_every_steps=2",
-                "data.decode_batch_size=1"),  # validation in several blocks: both workers get a share
+                "data.decode_batch_size=1",  # validation in several blocks: both workers get a share
+                "reference=mean pooling, t2v R@1 12.3"),
         capture_output=True,
         text=True,
         timeout=600,
@@ -60,6 +63,11 @@ def test_a_short_training_logs_everything_to_mlflow(manifest, tmp_path):
     assert "step 4/4" in result.stdout and "test (best checkpoint" in result.stdout
     assert result.stdout.count("step 4/4") == 1, "each progress line is printed once"
     assert result.stdout.count("validation at step") == 2
+    # The test table ends with chance over the test videos, then the figure to compare with.
+    rows = read_manifest(manifest).to_pylist()
+    tested = len({r["video_id"] for r in rows if r["split"] == "test"})
+    ending = f"chance: t2v by a random ranking of the {tested} videos.\ncompare: mean pooling, t2v R@1 12.3\n"
+    assert ending in result.stdout
     # The console is the product's: Ray's plans and reports, warnings and progress bars are in the log.
     console = result.stdout + result.stderr
     for line in ("Execution plan", "TrainingReport", "Token authentication", "Warning", "Downloading"):
@@ -186,7 +194,7 @@ def test_a_failure_after_training_closes_the_mlflow_run_as_failed(ray_local, syn
         raise RuntimeError("the artifact store is full")  # ... and logging the model did not
 
     monkeypatch.setattr(job, "_train_and_score", scoring_fails)
-    run = load_config(ROOT / "configs" / "demo.yaml", [f"data.manifest={synth}", f"storage_path={tmp_path}"])
+    run = load_config(SCRATCH, [f"data.manifest={synth}", f"storage_path={tmp_path}"])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(RuntimeError, match="artifact store is full"):
         job._fit(run, uri)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).parents[3]
 
 def _run(synth, tmp_path, *overrides):
     return load_config(
-        ROOT / "configs" / "demo.yaml",
+        ROOT / "configs" / "scratch.yaml",
         [f"data.manifest={synth}", f"storage_path={tmp_path / 'runs'}", "name=r", *overrides],
     )
 
@@ -69,7 +69,7 @@ def test_fresh_moves_the_stored_run_aside(synth, tmp_path):
 def test_the_command_refuses_another_model_shape_before_ray_starts(synth, tmp_path):
     _stored(_run(synth, tmp_path), 0)
     started = time.time()
-    argv = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "demo.yaml"),
+    argv = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "scratch.yaml"),
             "name=r", f"data.manifest={synth}", f"storage_path={tmp_path / 'runs'}",
             "model.frames_per_group=4"]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
