@@ -1,7 +1,7 @@
 """Ablation of Prompt Switch's parts on the synthetic videos, with the real Ray Train + Ray Data pipeline.
 
-Four rows, each trained from scratch by `orchestrator.training.job.fit` on `configs/demo.yaml` (the tiny CLIP,
-random init, 2 CPU workers) with the same step budget and seed, then scored once on the test split (36
+Four rows, each trained from scratch by `orchestrator.training.job.fit` on `configs/scratch.yaml` (the tiny
+CLIP, random init, 2 CPU workers) with the same step budget and seed, then scored once on the test split (36
 videos, 72 captions, combinations of shape, colour and path never seen in training) from the checkpoint
 with the best validation t2v R@1:
 
@@ -17,7 +17,7 @@ seeds) with its checkpoints under WORKDIR/runs (wiped first, so a rerun starts f
 MLflow tracking in WORKDIR/mlflow.db, experiment `promptswitch-ablation`.
 
     .venv/bin/python bench/ablation.py [--steps 200] [--seeds 24] [--rows clip,cube,agg,full]
-        [--workdir DIR] [--config configs/demo.yaml] [key=value ...]
+        [--workdir DIR] [--config configs/scratch.yaml] [key=value ...]
 
 Extra key=value arguments are passed to every row as config overrides (after the row's own).
 
@@ -95,7 +95,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "scratch.yaml"))
     parser.add_argument("--steps", type=int, default=200, help="train.max_steps of every row")
     parser.add_argument("--seeds", default="24", help="comma-separated train.seed values, averaged")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")

@@ -52,7 +52,7 @@ from orchestrator.config import RunConfig  # noqa: E402
 from orchestrator.config_io import load_config  # noqa: E402
 from orchestrator.training.step import autocast_for, build_optimisation, forward_losses  # noqa: E402
 
-DEMO = ROOT / "configs" / "demo.yaml"
+SCRATCH = ROOT / "configs" / "scratch.yaml"
 GPU_OVERRIDES = [  # ViT-B/32 at 224 px, bf16, one GPU
     "model.name=ViT-B-32",
     "data.cache_short_side=224",
@@ -343,7 +343,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--gpu-batch-size", type=int, default=32)
     p.add_argument("--gpu-steps", type=int, default=60, help="steps of the real fit in --gpu mode")
     p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("--config", type=Path, default=DEMO)
+    p.add_argument("--config", type=Path, default=SCRATCH)
     return p.parse_args()
 
 

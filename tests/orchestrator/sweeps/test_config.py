@@ -10,13 +10,13 @@ from orchestrator.config_io import load_config
 from orchestrator.sweeps.config import load_sweep
 
 ROOT = Path(__file__).parents[3]
-DEMO = ROOT / "configs" / "scratch.yaml"
+SCRATCH = ROOT / "configs" / "scratch.yaml"
 
 
 def write(tmp_path, **fields) -> Path:
     raw = {
         "name": "s",
-        "base": str(DEMO),
+        "base": str(SCRATCH),
         "trial_overrides": ["train.max_steps=8", "train.eval_every_steps=4"],
         "space": {"model.caption_weight": {"uniform": [0.0, 1.0]}},
     } | fields
@@ -37,7 +37,7 @@ def test_trial_config_applies_budget_then_params(tmp_path):
     assert run.name == "s-1" and run.storage_path == str(tmp_path / "trials")
     assert run.train.max_steps == 8 and run.model.caption_weight == 0.123456789
     full = sweep.full_config({"model.caption_weight": 0.123456789}, "s-best")
-    assert full.train.max_steps == load_config(DEMO).train.max_steps  # the trials' budget is not kept
+    assert full.train.max_steps == load_config(SCRATCH).train.max_steps  # the trials' budget is not kept
     assert full.model.caption_weight == 0.123456789
 
 
