@@ -37,7 +37,7 @@ def run_embed(args) -> int:
         args.overrides, split=args.split, segment_seconds=args.segment_seconds, stride_seconds=args.stride
     )  # checked before Ray starts
     model = resolve(args.model, download_dir=args.out.parent / f".{args.out.name}-model")
-    with console.ray_session(args.address, args.out / "logs", args.verbose):
+    with console.ray_session(args.address, args.out / "logs", args.verbose, dashboard=args.dashboard):
         uri = resolve_tracking_uri(None, Path.cwd())
         tracker = Tracker.start(
             uri,

@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.batch_size=64")
         sub.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
         sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-        _verbose_flag(sub)
+        _session_flags(sub)
         sub.set_defaults(run=run)
         if name == "train":
             sub.add_argument(
@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", help="the sweep's name (default: the file's); the same name resumes it")
     sweep.add_argument("--samples", type=int, help="trials (default: the file's search.num_samples)")
     sweep.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
-    _verbose_flag(sweep)
+    _session_flags(sweep)
     sweep.set_defaults(run=_tune)
 
     embed = commands.add_parser("embed", help="embed a manifest's or a folder's videos into a library")
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--rebuild", action="store_true", help="embed everything again (another model)")
     embed.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     embed.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. batch_size=32 dtype=float16")
-    _verbose_flag(embed)
+    _session_flags(embed)
     embed.set_defaults(run=_embed)
     search = commands.add_parser("search", help="search a library by text, or for videos like one")
     search.add_argument("library", type=Path)
@@ -168,11 +168,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _verbose_flag(parser: argparse.ArgumentParser) -> None:
+def _session_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose",
         action="store_true",
         help="show Ray's and the libraries' own output here too (it always goes to the job's log file)",
+    )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="start Ray's dashboard with a local cluster (on 127.0.0.1; off by default: it costs ~0.5 GB)",
     )
 
 
@@ -230,7 +235,8 @@ def _train(args) -> int:
     check_before_ray(run, args.address)
     if moved := check_resume(run, fresh=args.fresh):
         print(f"The earlier run {run.name!r} was moved to {moved}", flush=True)
-    with console.ray_session(args.address, _log_folder(storage.run_folder(run), run.name), args.verbose):
+    logs = _log_folder(storage.run_folder(run), run.name)
+    with console.ray_session(args.address, logs, args.verbose, dashboard=args.dashboard):
         fit(run)
     return 0
 
@@ -246,7 +252,7 @@ def _tune(args) -> int:
     check_before_ray(base, args.address)
     logs = _log_folder(trials_folder(sweep), sweep.name)
     try:
-        with console.ray_session(args.address, logs, args.verbose):
+        with console.ray_session(args.address, logs, args.verbose, dashboard=args.dashboard):
             outcomes = run_sweep(sweep, verbose=args.verbose)
     except SweepInterrupted as e:
         print(f"promptswitch: {e}", file=sys.stderr)
@@ -266,7 +272,7 @@ def _eval(args) -> int:
 
     check_before_ray(run, args.address, splits=(args.split,))
     logs = args.checkpoint.absolute().parent / "logs"  # the run's folder
-    with console.ray_session(args.address, logs, args.verbose, say=sys.stderr):
+    with console.ray_session(args.address, logs, args.verbose, say=sys.stderr, dashboard=args.dashboard):
         metrics, num_videos = _score(run, args)
     print(format_metrics_table(metrics, num_videos), file=sys.stderr)
     print(json.dumps(metrics, indent=1))

@@ -92,13 +92,17 @@ def job_log(folder: Path | str, verbose: bool = False):
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, log_folder: Path | str, verbose: bool = False, say=None):
+def ray_session(
+    address: str | None, log_folder: Path | str, verbose: bool = False, say=None, dashboard: bool = False
+):
     """Connected to Ray, with the libraries' output going to a log file in `log_folder` (`job_log`); the
-    first line on `say` (default stdout) says where."""
+    first line on `say` (default stdout) says where. A local cluster runs without Ray's dashboard unless
+    `dashboard`: its ten processes hold about half a gigabyte (measured), a laptop's share of a demo."""
     from orchestrator.ray_runtime import connect
 
     with job_log(log_folder, verbose) as log:
-        print(f"Ray: {connect(address)}; Ray's and the libraries' output: {log}", file=say, flush=True)
+        joined = connect(address, dashboard=dashboard)
+        print(f"Ray: {joined}; Ray's and the libraries' output: {log}", file=say, flush=True)
         route_worker_output()
         yield log
 

@@ -21,7 +21,7 @@ def connect(
 ) -> str:
     """Join the cluster at `address` (or $RAY_ADDRESS) if given, else start a local one bound to 127.0.0.1.
 
-    Returns what it did: "joined <address>" or "local".
+    Returns what it did: "joined <address>", "local", or with `dashboard` "local, dashboard on <url>".
     """
     quiet_data_progress()
     if ray.is_initialized():
@@ -33,7 +33,7 @@ def connect(
     os.environ.update(_LOOPBACK_ENV)  # read by the GCS, raylet and workers Ray spawns next
     # This process read the variable when it imported ray; the flag it set decides the node address.
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(
+    context = ray.init(
         _node_ip_address="127.0.0.1",
         num_cpus=num_cpus,
         object_store_memory=object_store_mb * 1024**2,  # Ray's default asks for ~30% of RAM
@@ -41,7 +41,7 @@ def connect(
         dashboard_host="127.0.0.1",
         runtime_env={"env_vars": _LOOPBACK_ENV, "worker_process_setup_hook": pin_cluster_address},
     )
-    return "local"
+    return f"local, dashboard on http://{context.dashboard_url}" if context.dashboard_url else "local"
 
 
 def quiet_data_progress() -> None:

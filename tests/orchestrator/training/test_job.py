@@ -63,6 +63,7 @@ def test_a_short_training_logs_everything_to_mlflow(manifest, tmp_path):
     assert "step 4/4" in result.stdout and "test (best checkpoint" in result.stdout
     assert result.stdout.count("step 4/4") == 1, "each progress line is printed once"
     assert result.stdout.count("validation at step") == 2
+    assert "Ray: local;" in result.stdout  # a local cluster without the dashboard unless asked for
     # The test table ends with chance over the test videos, then the figure to compare with.
     rows = read_manifest(manifest).to_pylist()
     tested = len({r["video_id"] for r in rows if r["split"] == "test"})
@@ -142,10 +143,13 @@ def test_a_stopped_driver_resumes_from_its_checkpoint_in_the_same_mlflow_run(man
     checkpointed = max(json.loads(p.read_text())["step"] for p in storage.glob("checkpoint_*/state.json"))
     assert 3 <= checkpointed < 12
 
-    second = subprocess.run([*args, "--verbose"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    second = subprocess.run(
+        [*args, "--verbose", "--dashboard"], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resumed" in second.stdout
     assert "Execution plan" in second.stdout + second.stderr  # --verbose: Ray's own output shows too
+    assert "Ray: local, dashboard on http://127.0.0.1:" in second.stdout  # asked for, so started
 
     client, runs = runs_named(tmp_path, "resume")
     assert len(runs) == 1, "the resumed job must continue the same MLflow run"
