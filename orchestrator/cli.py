@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", help="the sweep's name (default: the file's); the same name resumes it")
     sweep.add_argument("--samples", type=int, help="trials (default: the file's search.num_samples)")
     sweep.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
-    _session_flags(sweep)
+    _session_flags(sweep, dashboard_flag=False)  # a sweep's local cluster keeps the dashboard (see _tune)
     sweep.set_defaults(run=_tune)
 
     embed = commands.add_parser("embed", help="embed a manifest's or a folder's videos into a library")
@@ -168,17 +168,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _session_flags(parser: argparse.ArgumentParser) -> None:
+def _session_flags(parser: argparse.ArgumentParser, *, dashboard_flag: bool = True) -> None:
     parser.add_argument(
         "--verbose",
         action="store_true",
         help="show Ray's and the libraries' own output here too (it always goes to the job's log file)",
     )
-    parser.add_argument(
-        "--dashboard",
-        action="store_true",
-        help="start Ray's dashboard with a local cluster (on 127.0.0.1; off by default: it costs ~0.5 GB)",
-    )
+    if dashboard_flag:
+        parser.add_argument(
+            "--dashboard",
+            action="store_true",
+            help="start Ray's dashboard with a local cluster (127.0.0.1; off by default: it costs ~0.5 GB)",
+        )
 
 
 def _log_folder(folder: str, name: str) -> str:
@@ -252,7 +253,8 @@ def _tune(args) -> int:
     check_before_ray(base, args.address)
     logs = _log_folder(trials_folder(sweep), sweep.name)
     try:
-        with console.ray_session(args.address, logs, args.verbose, dashboard=args.dashboard):
+        # Without the dashboard, a resumed sweep once hung in CI (not yet understood): sweeps keep it.
+        with console.ray_session(args.address, logs, args.verbose, dashboard=True):
             outcomes = run_sweep(sweep, verbose=args.verbose)
     except SweepInterrupted as e:
         print(f"promptswitch: {e}", file=sys.stderr)
