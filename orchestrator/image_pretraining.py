@@ -23,6 +23,7 @@ from model.losses import clamp_logit_scale
 from pipelines.temporal import all_things, render_thing
 
 SIZE = 64  # the tiny CLIP's input size
+CHANCE = 100 / len(all_things())  # `image_accuracy` of naming each thing at random (%)
 
 
 def pretrain_tiny_clip(
