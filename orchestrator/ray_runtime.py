@@ -10,6 +10,9 @@ import ray.data
 # Ray binds to the machine's network address by default; on one machine, with this setting, GCS, raylet,
 # workers and gloo's rendezvous all stay on 127.0.0.1, so a local run opens nothing to the network.
 _LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# On one machine no node is ever drained or preempted: Ray Train's preemption watcher, an actor (~115 MB) per
+# training worker group that polls for node drains, would have nothing to watch.
+_LOCAL_ONLY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def connect(
@@ -39,7 +42,10 @@ def connect(
         object_store_memory=object_store_mb * 1024**2,  # Ray's default asks for ~30% of RAM
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
-        runtime_env={"env_vars": _LOOPBACK_ENV, "worker_process_setup_hook": pin_cluster_address},
+        runtime_env={
+            "env_vars": _LOOPBACK_ENV | _LOCAL_ONLY_ENV,
+            "worker_process_setup_hook": pin_cluster_address,
+        },
     )
     return f"local, dashboard on http://{context.dashboard_url}" if context.dashboard_url else "local"
 

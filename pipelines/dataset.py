@@ -185,13 +185,13 @@ def _check_batch(
 
 
 def train_dataset(data: PreparedData, config: DataConfig, frames_per_group: int, split: str = "train"):
-    """One row per (video, caption) pair: video_index, frames (T*G, 3, S, S) uint8, tokens (77,) int64.
+    """One row per (video, caption) pair: video_index, frames (T*G, 3, S, S) uint8, tokens (77,) int32.
 
     Iterating it again re-executes it: a fresh shuffle and fresh random frames and crops every epoch.
     """
     import ray.data
 
-    rows = data.splits[split].captions.drop_columns(["video_id"])
+    rows = _tokenized(data.splits[split].captions.drop_columns(["video_id"]))
     return (
         ray.data.from_arrow(_blocks(rows, config.decode_batch_size))
         .random_shuffle()
@@ -229,6 +229,17 @@ def decode_options(config: DataConfig, frames_per_group: int, cache_path: str | 
         "crop_scale": tuple(config.train_crop_scale),
         "flip_p": config.train_flip_p,
     }
+
+
+def _tokenized(captions: pa.Table) -> pa.Table:
+    """`caption` replaced by its CLIP tokens, (77,) int32 a row: tokenized once here, on the driver, rather
+    than by the decoding tasks of every epoch, which then need neither the tokenizer nor open_clip."""
+    from ray.data.extensions import ArrowTensorArray
+
+    from model.factory import tokenize
+
+    tokens = tokenize(captions["caption"].to_pylist()).numpy().astype(np.int32)
+    return captions.drop_columns(["caption"]).append_column("tokens", ArrowTensorArray.from_numpy(tokens))
 
 
 def _cache_path(data: PreparedData) -> str | None:

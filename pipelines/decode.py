@@ -1,8 +1,10 @@
 """The Ray Data task that decodes, samples and crops the frames of a few videos (docs/data.md §1-2).
 
-Kept apart, with its heavy imports (torch, decord, the tokenizer) inside the functions: Ray Data's and Ray
-Train's coordinating actors import the module of this function to unpickle the dataset, and so stay small
-processes; only the decoding workers load torch.
+Kept apart, with its heavy imports (torch, decord) inside the functions: Ray Data's and Ray Train's
+coordinating actors import the module of this function to unpickle the dataset, and so stay small processes;
+only the decoding workers load torch. Those load neither torchvision nor open_clip (captions come tokenized,
+`pipelines.dataset.train_dataset`): there is one decoding worker per CPU of a decode node, and those imports
+cost each ~170 MB.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ def decode_batch(
     flip_p: float,
     keep_failed: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Decoded, sampled, cropped frames for each row's video: (F, 3, S, S) uint8 in `frames`.
+    """Decoded, sampled, cropped frames for each row's video: (F, 3, S, S) uint8 in `frames`; a row's other
+    columns that the caller reads (`video_index`, and `tokens` where given) ride along.
 
     A row with `window_start` / `window_end` (fractions of the video's length) samples inside that window
     only, as a segment of a long video. A video that fails is dropped, or with `keep_failed` kept with
     black frames and its error in `error` (empty when it decoded), so that a caller can report it.
     """
-    from model.factory import tokenize
     from pipelines.sampling import frame_indices
     from pipelines.transforms import eval_transform, train_transform
     from pipelines.video import VideoError, VideoInfo
@@ -85,15 +87,15 @@ def decode_batch(
             frames.append(eval_transform(raw, size))
         kept.append(i)
         errors.append("")
-    out = {k: batch[k][kept] for k in batch if k not in ("frames", "caption")} if keep_failed else {}
+    out = {k: batch[k][kept] for k in batch if k != "frames"} if keep_failed else {}
     out["video_index"] = batch["video_index"][kept]
     if keep_failed:
         out["error"] = np.array(errors, dtype=object)
     out["frames"] = (
         np.stack(frames) if frames else np.zeros((0, frames_per_group * groups, 3, size, size), np.uint8)
     )
-    if "caption" in batch:
-        out["tokens"] = tokenize([str(c) for c in batch["caption"][kept]]).numpy()
+    if "tokens" in batch:
+        out["tokens"] = batch["tokens"][kept]
     return out
 
 
@@ -102,11 +104,12 @@ def read_sampled_frames(path: str, pick, *, cache_path: str | None, short_side: 
 
     `info`: the video's `VideoInfo` from the scan, which spares reading its size again.
     """
-    from pipelines.cache import open_cache
-    from pipelines.video import open_video
-
     if cache_path:
+        from pipelines.cache import open_cache  # its JPEG codec is torchvision's: loaded only with a cache
+
         cache = open_cache(cache_path)
         return cache.read(path, pick(cache.num_frames(path)))
+    from pipelines.video import open_video
+
     video = open_video(path, short_side=short_side, info=info)
     return video.read(pick(video.num_frames))

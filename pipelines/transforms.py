@@ -4,6 +4,11 @@ The same crop and flip for every frame of a video. Training: RandomResizedCrop(s
 ratio 3/4-4/3) and a horizontal flip with p = 0.5, drawn from a numpy Generator so that a seed
 reproduces them. Evaluation: resize the short side to `size` (bicubic) and centre-crop `size`.
 `model.factory.normalize_frames` turns the uint8 output into normalised floats on the trainer.
+
+Plain torch, not torchvision: these run in every decoding worker (one per CPU of a decode node), and
+torchvision's import costs each of them ~90 MB. `torch.nn.functional.interpolate` on uint8 with antialias
+is the kernel torchvision's resize calls for uint8 frames, so the output is the same to the bit (a test holds
+it to torchvision's).
 """
 
 from __future__ import annotations
@@ -12,8 +17,7 @@ import math
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
+from torch.nn import functional as F
 
 TRAIN_SCALE = (0.5, 1.0)
 TRAIN_RATIO = (3 / 4, 4 / 3)
@@ -67,11 +71,10 @@ def train_transform(
     video = _to_tensor(frames)
     top, left, h, w = random_resized_crop_box(video.shape[-2], video.shape[-1], rng, scale)
     flip = bool(rng.random() < flip_p)
-    out = F.resized_crop(
-        video, top, left, h, w, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True
-    )
+    crop = video[..., top : top + h, left : left + w]
+    out = F.interpolate(crop, (size, size), mode="bilinear", antialias=True)
     if flip:
-        out = F.horizontal_flip(out)
+        out = out.flip(-1)
     return _to_numpy(out)
 
 
@@ -82,9 +85,16 @@ def eval_transform(frames: np.ndarray, size: int) -> np.ndarray:
     (pipelines.video.decode_frames) leaves no second resize here.
     """
     video = _to_tensor(frames)
-    out = F.resize(video, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-    out = F.center_crop(out, [size, size])
-    return _to_numpy(out)
+    height, width = video.shape[-2:]
+    short, long = min(height, width), max(height, width)
+    if short != size:
+        long = int(size * long / short)  # torchvision's rounding of the long side
+        video = F.interpolate(
+            video, (size, long) if height <= width else (long, size), mode="bicubic", antialias=True
+        )
+        height, width = video.shape[-2:]
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return _to_numpy(video[..., top : top + size, left : left + size])
 
 
 def _to_tensor(frames: np.ndarray) -> torch.Tensor:

@@ -43,3 +43,14 @@ def test_workers_know_their_own_cluster(ray_local):
 
     pinned, own = ray_local.get(address.remote())
     assert pinned == own
+
+
+def test_a_local_cluster_runs_no_preemption_watcher(ray_local):
+    """Ray Train's controller reads the switch in its own process: a worker of the local cluster."""
+    import os
+
+    @ray_local.remote
+    def switch() -> str | None:
+        return os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+
+    assert ray_local.get(switch.remote()) == "0"

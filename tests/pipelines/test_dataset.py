@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from model import tokenize
 from pipelines.config import DataConfig
 from pipelines.dataset import TooManyBadVideos, eval_dataset, prepare_data, train_dataset
 from pipelines.decode import INFO_COLUMNS
@@ -97,7 +98,10 @@ def test_training_rows_shapes_and_a_fresh_order_each_epoch(prepared):
         assert len(rows) == n_captions
         first = rows[0]
         assert first["frames"].shape == (T, 3, 64, 64) and first["frames"].dtype == np.uint8
-        assert first["tokens"].shape == (77,) and first["tokens"].dtype == np.int64
+        assert first["tokens"].shape == (77,) and first["tokens"].dtype == np.int32
+        # Each caption's tokens, tokenized once on the driver, not by the decoding tasks.
+        captions = prepared.splits["train"].captions["caption"].to_pylist()
+        assert sorted(r["tokens"].tolist() for r in rows) == sorted(tokenize(captions).tolist())
     order = [[r["video_index"] for r in rows] for rows in epochs]
     assert sorted(order[0]) == sorted(order[1])
     assert order[0] != order[1]
