@@ -16,7 +16,10 @@ class Progress:
         self.total_steps, self.batch_size = total_steps, batch_size
         self.label = f"{label}  " if label else ""
         self.last_time, self.last_step = time.perf_counter(), None
-        self.windows = 0  # logging windows shown: the first holds the start-up, too slow to predict from
+        self.shown_step = None  # the step of the last line shown
+        # The pace behind the ETA: steps and seconds of every window shown after the first, which holds the
+        # start-up and is too slow to predict from.
+        self.paced_steps, self.paced_seconds = 0, 0.0
 
     def step_metrics(self, state, sums: dict, waited: float, optimizer, model, grad_sync) -> dict[str, float]:
         # One read of the device's values per logging window: the host waits for the GPU only here.
@@ -35,9 +38,16 @@ class Progress:
         return metrics
 
     def show_step(self, state, m: dict[str, float]) -> None:
-        self.windows += 1
-        remaining = (self.total_steps - state.step) * self.batch_size / max(m["samples_per_second"], 1e-9)
-        eta = _duration(remaining) if self.windows > 1 or state.step == self.total_steps else "?"
+        if self.shown_step is not None:
+            steps = state.step - self.shown_step
+            self.paced_steps += steps
+            self.paced_seconds += steps * self.batch_size / max(m["samples_per_second"], 1e-9)
+        self.shown_step = state.step
+        # The mean pace since the first window, epoch starts and validations included: one slow window does
+        # not swing the estimate, and what it predicts is the wall-clock time left.
+        remaining = self.total_steps - state.step
+        known = self.paced_steps or not remaining
+        eta = _duration(remaining * self.paced_seconds / max(self.paced_steps, 1)) if known else "?"
         parts = "  ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in m.items() if k.startswith("loss_"))
         to_console(
             f"{self.label}epoch {state.epoch + 1}  step {state.step}/{self.total_steps}  "
