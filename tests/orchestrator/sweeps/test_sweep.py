@@ -41,7 +41,7 @@ def sweep_file(tmp_path, manifest) -> Path:
         "search": {"algorithm": "grid"},
         "early_stopping": {"grace_period": 1, "reduction_factor": 2},
         # 4096 pairs per step is more than the training split holds: that trial fails when it starts.
-        "space": {"train.batch_size": {"choice": [4, 6, 8, 4096]}},
+        "space": {"train.batch_size": {"choice": [4, 8, 4096]}},
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
@@ -95,11 +95,11 @@ def test_a_tiny_sweep_nests_its_trials_survives_a_failing_one_and_resumes(ray_lo
     assert parent.info.status == "FINISHED"
     parent_id = parent.info.run_id
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    assert len(children) == 4  # no trial ran twice
+    assert len(children) == 3  # no trial ran twice
     by_batch = {c.data.params["train.batch_size"]: c for c in children}
-    assert set(by_batch) == {"4", "6", "8", "4096"}
+    assert set(by_batch) == {"4", "8", "4096"}
     assert by_batch["4096"].info.status == "FAILED"
-    for batch in ("4", "6", "8"):
+    for batch in ("4", "8"):
         child = by_batch[batch]
         stopped = child.data.tags.get(STOPPED_EARLY_TAG) == "true"
         assert child.info.status == ("KILLED" if stopped else "FINISHED"), (batch, child.info.status)
@@ -107,7 +107,7 @@ def test_a_tiny_sweep_nests_its_trials_survives_a_failing_one_and_resumes(ray_lo
         assert client.get_metric_history(child.info.run_id, "loss")
         assert child.data.params["train.max_steps"] == "4"
     assert parent.data.metrics["trials_failed"] == 1
-    assert parent.data.metrics["trials_finished"] + parent.data.metrics["trials_stopped"] == 3
+    assert parent.data.metrics["trials_finished"] + parent.data.metrics["trials_stopped"] == 2
 
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "best_command.txt", "leaderboard.json"} <= artifacts
