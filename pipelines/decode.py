@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 # Columns of a row that carry the scan's `VideoInfo` of its video, in the dataclass's field order.
 INFO_COLUMNS = ("num_frames", "fps", "width", "height")
+# Columns of a row that its decoded frames keep: the video's place in its split, and a caption's tokens.
+RIDE_ALONG = ("video_index", "tokens")
 
 # Where decoding runs: first on nodes labelled as decode nodes (cluster.yaml's CPU workers), so that a GPU
 # node's CPUs feed its own GPU instead of decoding for everyone; on any node when no decode node can take
@@ -38,8 +40,8 @@ def decode_batch(
     flip_p: float,
     keep_failed: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Decoded, sampled, cropped frames for each row's video: (F, 3, S, S) uint8 in `frames`; a row's other
-    columns that the caller reads (`video_index`, and `tokens` where given) ride along.
+    """Decoded, sampled, cropped frames for each row's video: (F, 3, S, S) uint8 in `frames`; the row's
+    `RIDE_ALONG` columns, where given, ride along.
 
     A row with `window_start` / `window_end` (fractions of the video's length) samples inside that window
     only, as a segment of a long video. A video that fails is dropped, or with `keep_failed` kept with
@@ -87,15 +89,15 @@ def decode_batch(
             frames.append(eval_transform(raw, size))
         kept.append(i)
         errors.append("")
-    out = {k: batch[k][kept] for k in batch if k != "frames"} if keep_failed else {}
-    out["video_index"] = batch["video_index"][kept]
+    # The columns that ride along: with `keep_failed` all of a row's, so that a caller can report it; else
+    # those a trainer or an embedder reads.
+    along = [k for k in batch if k != "frames"] if keep_failed else [k for k in RIDE_ALONG if k in batch]
+    out = {k: batch[k][kept] for k in along}
     if keep_failed:
         out["error"] = np.array(errors, dtype=object)
     out["frames"] = (
         np.stack(frames) if frames else np.zeros((0, frames_per_group * groups, 3, size, size), np.uint8)
     )
-    if "tokens" in batch:
-        out["tokens"] = batch["tokens"][kept]
     return out
 
 
